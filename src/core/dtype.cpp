@@ -1,0 +1,90 @@
+#include "core/dtype.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+#include "core/check.h"
+#include "core/half.h"
+
+namespace moekit {
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::kF32: return 4;
+    case DType::kBF16: return 2;
+    case DType::kF16: return 2;
+    case DType::kI32: return 4;
+    case DType::kI64: return 8;
+  }
+  MOEKIT_FAIL("unknown dtype ", static_cast<int>(t));
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "F32";
+    case DType::kBF16: return "BF16";
+    case DType::kF16: return "F16";
+    case DType::kI32: return "I32";
+    case DType::kI64: return "I64";
+  }
+  return "?";
+}
+
+bool dtype_from_name(const std::string& name, DType* out) {
+  static const struct { const char* n; DType t; } kTable[] = {
+      {"F32", DType::kF32}, {"BF16", DType::kBF16}, {"F16", DType::kF16},
+      {"I32", DType::kI32}, {"I64", DType::kI64}};
+  for (const auto& e : kTable)
+    if (name == e.n) { *out = e.t; return true; }
+  return false;
+}
+
+DType dtype_parse(const std::string& name) {
+  std::string s = name;
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (s == "f32" || s == "fp32" || s == "float32" || s == "float") return DType::kF32;
+  if (s == "bf16" || s == "bfloat16") return DType::kBF16;
+  if (s == "f16" || s == "fp16" || s == "float16" || s == "half") return DType::kF16;
+  if (s == "i32" || s == "int32") return DType::kI32;
+  if (s == "i64" || s == "int64") return DType::kI64;
+  MOEKIT_FAIL("unknown dtype '", name, "' (expected one of f32, bf16, f16, i32, i64)");
+}
+
+bool dtype_is_float(DType t) { return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16; }
+
+void to_f32(float* dst, const void* src, DType src_t, size_t n) {
+  switch (src_t) {
+    case DType::kF32: std::memcpy(dst, src, n * 4); return;
+    case DType::kBF16: {
+      const auto* s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      return;
+    }
+    case DType::kF16: {
+      const auto* s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      return;
+    }
+    default: MOEKIT_FAIL("cannot convert ", dtype_name(src_t), " to F32: not a floating type");
+  }
+}
+
+void from_f32(void* dst, DType dst_t, const float* src, size_t n) {
+  switch (dst_t) {
+    case DType::kF32: std::memcpy(dst, src, n * 4); return;
+    case DType::kBF16: {
+      auto* d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      return;
+    }
+    case DType::kF16: {
+      auto* d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+      return;
+    }
+    default: MOEKIT_FAIL("cannot convert F32 to ", dtype_name(dst_t), ": not a floating type");
+  }
+}
+
+}  // namespace moekit
