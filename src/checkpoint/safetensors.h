@@ -19,10 +19,17 @@ constexpr uint64_t kMaxSafetensorsHeader = 100000000;  // bytes, as the referenc
 
 struct TensorInfo {
   std::string name;
-  DType dtype = DType::kF32;
+  DType dtype = DType::kF32;  // meaningful only when dtype_supported()
   Shape shape;
   uint64_t begin = 0, end = 0;  // offsets relative to the data section
+  // safetensors spelling ("F32", "U8", "F8_E4M3", ...). Files may list any dtype of the format;
+  // only those that map to moekit::DType can be read as tensors.
+  std::string dtype_name = "F32";
   size_t nbytes() const { return static_cast<size_t>(end - begin); }
+  bool dtype_supported() const {
+    DType t;
+    return dtype_from_name(dtype_name, &t);
+  }
 };
 
 // One validated .safetensors file. open() reads and checks the header only; tensor data is
@@ -39,6 +46,7 @@ class SafetensorsFile {
   const TensorInfo* find(const std::string& name) const;               // nullptr if absent
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   uint64_t data_start() const { return 8 + header_len_; }
+  uint64_t file_size() const { return file_size_; }
 
   // Raw bytes of a tensor into dst (exactly info.nbytes()).
   void read_raw(const TensorInfo& info, void* dst) const;
@@ -49,6 +57,10 @@ class SafetensorsFile {
  private:
   std::string path_;
   uint64_t header_len_ = 0;
+  uint64_t file_size_ = 0;
+  // The descriptor open() validated, shared by copies: reads see that same inode even if the
+  // path is replaced later. Null for a parse()-only file, which has no data to read.
+  std::shared_ptr<const int> fd_;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;

@@ -1,0 +1,184 @@
+#include "checkpoint/hf_checkpoint.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "core/check.h"
+#include "core/log.h"
+
+namespace moekit::checkpoint {
+
+namespace fs = std::filesystem;
+
+HfLayout detect_layout(const SafetensorsDir& dir) {
+  return dir.has("transformer.wte.weight") ? HfLayout::kQwenV1 : HfLayout::kQwen2;
+}
+
+namespace {
+
+// Where a Qwen2 parameter lives in a Qwen v1 checkpoint: a tensor name and, for the fused
+// c_attn, the row range [row0, row0 + rows) of it.
+struct V1Source {
+  std::string name;
+  int64_t row0 = 0;
+  bool slice = false;
+};
+
+V1Source v1_source(const std::string& qwen2, int64_t hidden_q, int64_t hidden_kv) {
+  static const std::map<std::string, std::string> kTop = {{"model.embed_tokens.weight", "transformer.wte.weight"},
+                                                          {"model.norm.weight", "transformer.ln_f.weight"},
+                                                          {"lm_head.weight", "lm_head.weight"}};
+  auto it = kTop.find(qwen2);
+  if (it != kTop.end()) return {it->second};
+  // model.layers.N.<rest>
+  const std::string pre = "model.layers.";
+  MOEKIT_CHECK(qwen2.compare(0, pre.size(), pre) == 0, "no Qwen v1 equivalent for parameter '", qwen2, "'");
+  size_t dot = qwen2.find('.', pre.size());
+  const std::string n = qwen2.substr(pre.size(), dot - pre.size());
+  const std::string rest = qwen2.substr(dot + 1);
+  const std::string h = "transformer.h." + n + ".";
+  static const std::map<std::string, std::string> kLayer = {
+      {"input_layernorm.weight", "ln_1.weight"},      {"post_attention_layernorm.weight", "ln_2.weight"},
+      {"self_attn.o_proj.weight", "attn.c_proj.weight"}, {"mlp.gate_proj.weight", "mlp.w2.weight"},
+      {"mlp.up_proj.weight", "mlp.w1.weight"},          {"mlp.down_proj.weight", "mlp.c_proj.weight"}};
+  auto jt = kLayer.find(rest);
+  if (jt != kLayer.end()) return {h + jt->second};
+  // Fused c_attn: rows [q; k; v].
+  for (const char* kind : {"weight", "bias"}) {
+    const std::string suffix = std::string(".") + kind;
+    if (rest == "self_attn.q_proj" + suffix) return {h + "attn.c_attn" + suffix, 0, true};
+    if (rest == "self_attn.k_proj" + suffix) return {h + "attn.c_attn" + suffix, hidden_q, true};
+    if (rest == "self_attn.v_proj" + suffix) return {h + "attn.c_attn" + suffix, hidden_q + hidden_kv, true};
+  }
+  MOEKIT_FAIL("no Qwen v1 equivalent for parameter '", qwen2, "'");
+}
+
+// Tensors that HF checkpoints may carry and a model legitimately ignores.
+bool ignorable(const std::string& name) {
+  return name.find("rotary_emb.inv_freq") != std::string::npos;
+}
+
+void write_text_atomic(const fs::path& path, const std::string& text) {
+  fs::path tmp = path;
+  tmp += ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    MOEKIT_CHECK(f.good(), "cannot write ", tmp.string());
+    f << text;
+    f.flush();
+    MOEKIT_CHECK(f.good(), "write failed: ", tmp.string());
+  }
+  fs::rename(tmp, path);
+}
+
+}  // namespace
+
+void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
+  const auto& cfg = model->config();
+  const HfLayout layout = detect_layout(dir);
+  const int64_t qd = cfg.num_attention_heads * cfg.head_size(), kvd = cfg.num_key_value_heads * cfg.head_size();
+  std::set<std::string> used;
+  auto& P = model->params();
+  for (const auto& spec : P.specs()) {
+    float* dst = P.get(spec.name).w;
+    const int64_t n = spec.numel();
+    if (layout == HfLayout::kQwen2) {
+      MOEKIT_CHECK(dir.has(spec.name), dir.dir(), ": missing tensor '", spec.name, "' (expected shape ",
+                   shape_str(spec.shape), ")");
+      std::vector<float> v = dir.read_f32(spec.name, spec.shape);
+      std::memcpy(dst, v.data(), n * sizeof(float));
+      used.insert(spec.name);
+      continue;
+    }
+    V1Source src = v1_source(spec.name, qd, kvd);
+    MOEKIT_CHECK(dir.has(src.name), dir.dir(), ": missing tensor '", src.name, "' (Qwen v1 source of '", spec.name,
+                 "')");
+    used.insert(src.name);
+    if (!src.slice) {
+      std::vector<float> v = dir.read_f32(src.name, spec.shape);
+      std::memcpy(dst, v.data(), n * sizeof(float));
+      continue;
+    }
+    // c_attn: weight (qd + 2 kvd, H) or bias (qd + 2 kvd); take rows [row0, row0 + spec rows).
+    Shape fused = spec.shape;
+    fused[0] = qd + 2 * kvd;
+    std::vector<float> v = dir.read_f32(src.name, fused);
+    const int64_t row = spec.shape.size() == 2 ? spec.shape[1] : 1;
+    std::memcpy(dst, v.data() + src.row0 * row, n * sizeof(float));
+  }
+  for (const auto& name : dir.names()) {
+    if (used.count(name) || ignorable(name)) continue;
+    if (cfg.tie_word_embeddings && name == "lm_head.weight") {
+      log_warn(dir.dir(), ": ignoring lm_head.weight (tie_word_embeddings is true)");
+      continue;
+    }
+    MOEKIT_FAIL(dir.dir(), ": unexpected tensor '", name, "' for a ", cfg.model_type, " model with ",
+                cfg.num_hidden_layers, " layers", cfg.is_moe() ? " and " + std::to_string(cfg.num_experts) + " experts" : "");
+  }
+}
+
+std::unique_ptr<model::Model> load_hf_model(const std::string& dir) {
+  MOEKIT_CHECK(fs::is_directory(dir), "model directory '", dir, "' does not exist or is not a directory");
+  config::ModelConfig cfg = config::load_model_config(dir);
+  auto st = SafetensorsDir::open(dir);
+  auto model = std::make_unique<model::Model>(cfg);
+  load_hf_weights(model.get(), st);
+  return model;
+}
+
+std::string generation_config_json(const config::ModelConfig& cfg) {
+  nlohmann::ordered_json j;
+  j["bos_token_id"] = cfg.bos_token_id;
+  j["eos_token_id"] = cfg.eos_token_id;
+  j["max_new_tokens"] = 2048;
+  j["do_sample"] = false;
+  j["transformers_version"] = "4.40.0";
+  return j.dump(2) + "\n";
+}
+
+void save_hf_model(const model::Model& model, const std::string& dir, DType dtype, uint64_t max_shard_bytes) {
+  MOEKIT_CHECK(dtype_is_float(dtype), "export dtype must be f32, bf16 or f16, got ", dtype_name(dtype));
+  const fs::path out(dir);
+  MOEKIT_CHECK(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), "output directory '", dir,
+               "' already exists and is not empty");
+  fs::path tmp = out;
+  tmp += ".tmp." + std::to_string(::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  try {
+    config::ModelConfig cfg = model.config();
+    cfg.torch_dtype = dtype == DType::kF32 ? "float32" : dtype == DType::kBF16 ? "bfloat16" : "float16";
+    write_text_atomic(tmp / "config.json", config::model_config_to_hf_json(cfg));
+    write_text_atomic(tmp / "generation_config.json", generation_config_json(cfg));
+    const auto& P = model.params();
+    std::vector<std::vector<uint8_t>> converted;  // owns the non-f32 copies
+    std::vector<TensorRef> refs;
+    converted.reserve(P.specs().size());
+    for (const auto& s : P.specs()) {
+      const float* src = P.values(s.expert) + s.offset;
+      const void* data = src;
+      if (dtype != DType::kF32) {
+        converted.emplace_back(static_cast<size_t>(s.numel()) * dtype_size(dtype));
+        from_f32(converted.back().data(), dtype, src, static_cast<size_t>(s.numel()));
+        data = converted.back().data();
+      }
+      refs.push_back({s.name, dtype, s.shape, data});
+    }
+    write_sharded(tmp.string(), refs, max_shard_bytes);
+    if (fs::exists(out)) fs::remove(out);  // empty directory
+    fs::rename(tmp, out);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace moekit::checkpoint

@@ -1,0 +1,37 @@
+// Hugging Face checkpoint directories <-> Model parameters.
+// Reads Qwen2 / Qwen2-MoE directories (config.json + safetensors, single or sharded,
+// F32/BF16/F16 on disk) and the original Qwen v1 layout (transformer.h.N..., fused c_attn,
+// mlp.w2 = gate, mlp.w1 = up), which maps onto the same Qwen2 parameters. Writes HF
+// directories that transformers loads as Qwen2ForCausalLM / Qwen2MoeForCausalLM.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "checkpoint/safetensors.h"
+#include "config/model_config.h"
+#include "core/dtype.h"
+#include "model/model.h"
+
+namespace moekit::checkpoint {
+
+enum class HfLayout { kQwen2, kQwenV1 };
+HfLayout detect_layout(const SafetensorsDir& dir);
+
+// Fill every parameter of `model` from `dir`; checks every shape and that no tensor is missing
+// or left over (errors name the directory, the tensor and the shapes).
+void load_hf_weights(model::Model* model, const SafetensorsDir& dir);
+
+// config.json + weights -> a new Model.
+std::unique_ptr<model::Model> load_hf_model(const std::string& dir);
+
+// Write config.json, generation_config.json and safetensors shards (<= max_shard_bytes) of
+// `model` in `dtype`. The directory is written as DIR.tmp.<pid> and renamed into place, so a
+// failure leaves no partial output; an existing non-empty DIR is an error.
+void save_hf_model(const model::Model& model, const std::string& dir, DType dtype,
+                   uint64_t max_shard_bytes = 5000000000ull);
+
+std::string generation_config_json(const config::ModelConfig& cfg);
+
+}  // namespace moekit::checkpoint

@@ -1,0 +1,84 @@
+// The Qwen2 / Qwen2-MoE causal LM on the CPU: parameters by HF name, forward with the loss,
+// backward into the gradient arena. Forward keeps every activation its backward needs.
+//   embed -> [x + attn(norm(x)) ; h + mlp_or_moe(norm(h))] x L -> norm -> lm_head -> CE (+ aux)
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/model_config.h"
+#include "model/attention_layer.h"
+#include "model/params.h"
+#include "moe/moe_layer.h"
+
+namespace moekit::model {
+
+// Which load-balancing loss is added to the objective (all are always reported).
+enum class AuxLossForm { kNone, kHfPooled, kSwitch };
+AuxLossForm aux_loss_form_parse(const std::string& s);  // "none", "hf_pooled", "switch"
+const char* aux_loss_form_name(AuxLossForm f);
+
+struct LossConfig {
+  AuxLossForm aux = AuxLossForm::kHfPooled;
+  double aux_coef = 0.0;  // multiplies the chosen aux loss
+  double z_coef = 0.0;    // multiplies the router z-loss
+};
+
+struct LossTerms {
+  double ce = 0;         // mean cross-entropy over counted targets
+  int64_t targets = 0;   // number of counted targets
+  double aux_hf = std::numeric_limits<double>::quiet_NaN();      // HF pooled aux (MoE only)
+  double aux_switch = std::numeric_limits<double>::quiet_NaN();  // per-layer Switch aux, mean
+  double z_loss = std::numeric_limits<double>::quiet_NaN();      // router z-loss
+  double total = 0;      // what backward() differentiates
+};
+
+class Model {
+ public:
+  explicit Model(const config::ModelConfig& cfg);
+  ~Model();
+
+  const config::ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
+
+  // inputs, targets: (B, S) token ids; a target < 0 is not counted. Keeps activations for
+  // backward() when `train` is set. Token ids outside [0, vocab) are an error.
+  LossTerms forward(const int64_t* inputs, const int64_t* targets, int64_t batch, int64_t seq,
+                    const LossConfig& loss, bool train = true);
+  // Logits (B*S, V) of the last forward.
+  const std::vector<float>& logits() const { return logits_; }
+  // Per-layer router state of the last forward (MoE layers only; empty entries for dense).
+  const moe::RouterState* router_state(int64_t layer) const;
+  // d total / d params, accumulated into params().grads(). Requires forward(train=true).
+  void backward();
+
+ private:
+  struct Layer;
+  void bind_layers();
+
+  config::ModelConfig cfg_;
+  ParamStore params_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  Param embed_, final_norm_, lm_head_;
+  // Activations of the last forward.
+  int64_t batch_ = 0, seq_ = 0;
+  bool have_cache_ = false;
+  std::vector<int64_t> inputs_;
+  std::vector<float> rope_cos_, rope_sin_;
+  int64_t rope_len_ = 0;
+  std::vector<float> x_final_, xn_final_, rstd_final_, logits_, dlogits_;
+  // Router-loss gradients per MoE layer, set by forward.
+  std::vector<std::vector<float>> dprob_;
+  std::vector<float> z_scale_;
+};
+
+// Declare every parameter of `cfg` (HF names, shapes, init kinds) without allocating.
+void declare_model_params(const config::ModelConfig& cfg, ParamStore* store);
+// Names of all parameters in HF order (embed, layers, norm, lm_head unless tied).
+std::vector<std::string> parameter_names(const config::ModelConfig& cfg);
+
+}  // namespace moekit::model

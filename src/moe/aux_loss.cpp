@@ -1,0 +1,68 @@
+#include "moe/aux_loss.h"
+
+#include "core/check.h"
+
+namespace moekit::moe {
+
+double hf_pooled_aux_loss(const std::vector<RouterStats>& layers, int64_t topk,
+                          std::vector<std::vector<float>>* grads) {
+  MOEKIT_CHECK(!layers.empty(), "hf_pooled_aux_loss: no MoE layers");
+  const size_t E = layers[0].counts.size();
+  double n = 0;
+  std::vector<double> F(E, 0.0), P(E, 0.0);
+  for (const auto& l : layers) {
+    n += static_cast<double>(l.tokens);
+    for (size_t e = 0; e < E; ++e) {
+      F[e] += l.counts[e];
+      P[e] += l.prob_sum[e];
+    }
+  }
+  double aux = 0;
+  for (size_t e = 0; e < E; ++e) {
+    F[e] /= n;
+    P[e] /= n;
+    aux += F[e] * P[e];
+  }
+  aux *= static_cast<double>(E);
+  if (grads) {
+    grads->assign(layers.size(), std::vector<float>(E));
+    for (size_t l = 0; l < layers.size(); ++l)
+      for (size_t e = 0; e < E; ++e) (*grads)[l][e] = static_cast<float>(E * F[e] / n);
+  }
+  (void)topk;  // F already counts every one of the k slots (balanced value k).
+  return aux;
+}
+
+double switch_aux_loss(const std::vector<RouterStats>& layers, int64_t topk, std::vector<std::vector<float>>* grads) {
+  MOEKIT_CHECK(!layers.empty(), "switch_aux_loss: no MoE layers");
+  const size_t E = layers[0].counts.size();
+  const double L = static_cast<double>(layers.size());
+  double total = 0;
+  if (grads) grads->assign(layers.size(), std::vector<float>(E));
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const double T = static_cast<double>(layers[l].tokens);
+    double v = 0;
+    for (size_t e = 0; e < E; ++e) {
+      const double f = layers[l].counts[e] / (T * topk);
+      v += f * layers[l].prob_sum[e] / T;
+      if (grads) (*grads)[l][e] = static_cast<float>(E * f / T / L);
+    }
+    total += E * v;
+  }
+  return total / L;
+}
+
+double router_z_loss(const std::vector<RouterStats>& layers, std::vector<float>* z_scale) {
+  MOEKIT_CHECK(!layers.empty(), "router_z_loss: no MoE layers");
+  const double L = static_cast<double>(layers.size());
+  double total = 0;
+  if (z_scale) z_scale->resize(layers.size());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const double T = static_cast<double>(layers[l].tokens);
+    total += layers[l].lse_sq_sum / T;
+    if (z_scale) (*z_scale)[l] = static_cast<float>(1.0 / (T * L));
+  }
+  return total / L;
+}
+
+}  // namespace moekit::moe
