@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   std::vector<moekit::cli::Command> commands;
   moekit::cli::add_init_command(app, &commands);
   moekit::cli::add_eval_command(app, &commands);
+  moekit::cli::add_data_command(app, &commands);
   // CLI11 reports a mistyped subcommand as "a subcommand is required"; name it instead.
   std::string names;
   bool known = false;
