@@ -1,0 +1,98 @@
+// Training checkpoints in HDF5 (DESIGN.md section 7). One directory per step:
+//   CKPT_DIR/step_00000100/
+//     rank_00000.h5        groups /master, /exp_avg, /exp_avg_sq: one f32 dataset per HF
+//                          parameter name (full tensors, or the rows a rank owns, see below);
+//                          every dataset carries a `crc32c` attribute over its bytes
+//     meta.json            step, tokens, loader/RNG/scaler state, layout, file list (rank 0)
+//     config.resolved.yaml the run config (rank 0)
+//   CKPT_DIR/latest        text file holding the name of the newest committed directory
+// Commit is atomic: everything is written into step_N.tmp/, fsynced, renamed to step_N/, the
+// parent fsynced, then `latest` is replaced by write-temp-and-rename. Older step_* directories
+// beyond `keep` are removed afterwards. A step_N.tmp left by a crash is ignored and cleaned.
+//
+// Datasets are named by HF parameter name, so a checkpoint written by any rank layout can be
+// read back by any other: a reader asks for a tensor by name (or a row range of it, for an
+// expert-parallel rank that owns some experts) and the reader finds which file holds it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moekit::checkpoint {
+
+// Name of a step directory: "step_00000100".
+std::string step_dir_name(int64_t step);
+
+class TrainCheckpointWriter {
+ public:
+  // Starts CKPT_DIR/step_N.tmp/ (created by rank 0; other ranks must call after a barrier, or
+  // pass create_dir=false) and opens rank_R.h5 in it.
+  TrainCheckpointWriter(const std::string& ckpt_dir, int64_t step, int rank = 0, bool create_dir = true);
+  ~TrainCheckpointWriter();  // an uncommitted writer leaves only a .tmp directory
+  TrainCheckpointWriter(const TrainCheckpointWriter&) = delete;
+  TrainCheckpointWriter& operator=(const TrainCheckpointWriter&) = delete;
+
+  // group: "master", "exp_avg" or "exp_avg_sq" (any name is allowed). `row_offset` > 0 or a
+  // shape smaller than `full_rows` records that this file holds rows [row_offset, row_offset +
+  // shape[0]) of a tensor with `full_rows` rows (expert parallelism); -1 = the whole tensor.
+  void write(const std::string& group, const std::string& name, const Shape& shape,
+             const float* data, int64_t row_offset = 0, int64_t full_rows = -1);
+  // Closes and fsyncs this rank's file. Every rank calls it before rank 0 commits.
+  void close();
+  const std::string& tmp_dir() const { return tmp_dir_; }
+  const std::string& final_dir() const { return final_dir_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string tmp_dir_, final_dir_;
+};
+
+// Rank 0, after every rank closed its writer: writes meta.json (adding "files": the rank files
+// found) and config.resolved.yaml into the .tmp directory, fsyncs, renames to step_N, updates
+// `latest`, prunes to the newest `keep` step directories (keep <= 0: keep all). Returns the final
+// directory.
+std::string commit_checkpoint(const std::string& ckpt_dir, int64_t step, const nlohmann::json& meta,
+                              const std::string& config_yaml, int keep);
+
+class TrainCheckpointReader {
+ public:
+  // Opens a committed step directory; validates meta.json and that every listed file opens.
+  // Errors name the directory and the file at fault.
+  explicit TrainCheckpointReader(const std::string& step_dir);
+  ~TrainCheckpointReader();
+
+  const std::string& dir() const { return dir_; }
+  const nlohmann::json& meta() const { return meta_; }
+  int64_t step() const;
+  bool has(const std::string& group, const std::string& name) const;
+  Shape shape(const std::string& group, const std::string& name) const;  // full shape
+  // Read rows [row_begin, row_begin + rows) (rows = -1: all) of a tensor into out (must hold
+  // rows * row_numel floats), assembling from the files that hold pieces of it. Verifies each
+  // piece's crc32c; a mismatch is an error naming the file and dataset.
+  void read(const std::string& group, const std::string& name, float* out, int64_t row_begin = 0,
+            int64_t rows = -1) const;
+  // Reads every dataset once and checks its checksum (used by auto-resume before trusting it).
+  void verify_all() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string dir_;
+  nlohmann::json meta_;
+};
+
+// `resume`: "auto" -> the directory named by CKPT_DIR/latest, falling back (with a warning) to
+// older step directories, newest first, when it fails to open or verify; "" when there is none.
+// Any other value is a step directory path that must open and verify (error otherwise).
+std::string resolve_resume(const std::string& ckpt_dir, const std::string& resume);
+
+// Committed step directories, oldest first.
+std::vector<std::string> list_checkpoints(const std::string& ckpt_dir);
+
+}  // namespace moekit::checkpoint

@@ -1,0 +1,218 @@
+#include "config/run_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "core/check.h"
+
+namespace moekit::config {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Reads the keys of one mapping; every key must be consumed, so typos are errors.
+class Section {
+ public:
+  Section(const YAML::Node& node, std::string path, std::string where)
+      : node_(node), path_(std::move(path)), where_(std::move(where)) {
+    MOEKIT_CHECK(!node_ || node_.IsNull() || node_.IsMap(), where_, ": '", path_.empty() ? "<top>" : path_,
+                 "' must be a mapping");
+  }
+  template <typename T>
+  void get(const char* key, T* out) {
+    seen_.insert(key);
+    if (!node_ || !node_.IsMap() || !node_[key] || node_[key].IsNull()) return;
+    try {
+      *out = node_[key].as<T>();
+    } catch (const YAML::Exception&) {
+      MOEKIT_FAIL(where_, ": '", full(key), "' has an invalid value '", YAML::Dump(node_[key]), "'");
+    }
+  }
+  YAML::Node child(const char* key) {
+    seen_.insert(key);
+    return node_ && node_.IsMap() ? node_[key] : YAML::Node();
+  }
+  void finish() const {
+    if (!node_ || !node_.IsMap()) return;
+    for (const auto& kv : node_) {
+      const std::string k = kv.first.as<std::string>();
+      MOEKIT_CHECK(seen_.count(k), where_, ": unknown key '", full(k.c_str()), "'");
+    }
+  }
+  std::string full(const char* key) const { return path_.empty() ? key : path_ + "." + key; }
+
+ private:
+  YAML::Node node_;
+  std::string path_, where_;
+  std::set<std::string> seen_;
+};
+
+}  // namespace
+
+void yaml_set_path(YAML::Node* root, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  MOEKIT_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment, "': expected key.path=value");
+  const std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  std::vector<std::string> keys;
+  std::stringstream ss(path);
+  for (std::string k; std::getline(ss, k, '.');) {
+    MOEKIT_CHECK(!k.empty(), "--set '", assignment, "': empty key in path");
+    keys.push_back(k);
+  }
+  // yaml-cpp nodes are handles: walk with copies, assigning into the tree at the end.
+  std::function<void(YAML::Node, size_t)> walk = [&](YAML::Node node, size_t i) {
+    if (i + 1 == keys.size()) {
+      node[keys[i]] = YAML::Load(value);
+      return;
+    }
+    if (!node[keys[i]] || !node[keys[i]].IsMap()) node[keys[i]] = YAML::Node(YAML::NodeType::Map);
+    walk(node[keys[i]], i + 1);
+  };
+  if (!root->IsDefined() || root->IsNull()) *root = YAML::Node(YAML::NodeType::Map);
+  walk(*root, 0);
+}
+
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
+  MOEKIT_CHECK(fs::is_regular_file(path), "run config '", path, "' does not exist");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    MOEKIT_FAIL(path, ": invalid YAML: ", e.what());
+  }
+  for (const auto& o : overrides) yaml_set_path(&root, o);
+  RunConfig c;
+  c.source = path;
+  Section top(root, "", path);
+  top.get("run_dir", &c.run_dir);
+  top.get("seed", &c.seed);
+  top.get("model", &c.model);
+  top.get("init_from", &c.init_from);
+  top.get("resume", &c.resume);
+
+  Section data(top.child("data"), "data", path);
+  data.get("train", &c.data.train);
+  data.get("synth", &c.data.synth);
+  data.get("synth_tokens", &c.data.synth_tokens);
+  data.get("synth_seed", &c.data.synth_seed);
+  data.get("valid_fraction", &c.data.valid_fraction);
+  data.get("eos_id", &c.data.eos_id);
+  data.finish();
+
+  Section tr(top.child("train"), "train", path);
+  tr.get("steps", &c.train.steps);
+  tr.get("seq_len", &c.train.seq_len);
+  tr.get("micro_batch_size", &c.train.micro_batch_size);
+  tr.get("global_batch_size", &c.train.global_batch_size);
+  tr.get("log_every", &c.train.log_every);
+  tr.get("eval_every", &c.train.eval_every);
+  tr.get("eval_batches", &c.train.eval_batches);
+  tr.get("peak_flops", &c.train.peak_flops);
+  tr.finish();
+
+  Section loss(top.child("loss"), "loss", path);
+  loss.get("aux", &c.loss.aux);
+  loss.get("aux_coef", &c.loss.aux_coef);
+  loss.get("z_coef", &c.loss.z_coef);
+  loss.finish();
+
+  Section ck(top.child("checkpoint"), "checkpoint", path);
+  ck.get("every", &c.checkpoint.every);
+  ck.get("keep", &c.checkpoint.keep);
+  ck.finish();
+
+  Section par(top.child("parallel"), "parallel", path);
+  par.get("ep", &c.parallel.ep);
+  par.finish();
+
+  YAML::Node optim = top.child("optim");
+  c.optim_yaml = optim && !optim.IsNull() ? YAML::Dump(optim) : "{}";
+  top.finish();
+
+  MOEKIT_CHECK(!c.model.empty(), path, ": 'model' is required (a model config YAML or an HF directory)");
+  try {
+    c.model_config = load_model_config(c.model);
+  } catch (const Error& e) {
+    MOEKIT_FAIL(path, ": model '", c.model, "': ", e.what());
+  }
+  c.validate();
+  return c;
+}
+
+void RunConfig::validate(int world) const {
+  const std::string& w = source;
+  MOEKIT_CHECK(!run_dir.empty(), w, ": run_dir must not be empty");
+  MOEKIT_CHECK(train.steps > 0, w, ": train.steps must be > 0, got ", train.steps);
+  MOEKIT_CHECK(train.seq_len > 1, w, ": train.seq_len must be > 1, got ", train.seq_len);
+  MOEKIT_CHECK(train.seq_len <= model_config.max_position_embeddings, w, ": train.seq_len ", train.seq_len,
+               " exceeds the model's max_position_embeddings ", model_config.max_position_embeddings);
+  MOEKIT_CHECK(train.micro_batch_size > 0, w, ": train.micro_batch_size must be > 0, got ", train.micro_batch_size);
+  MOEKIT_CHECK(train.global_batch_size > 0 && train.global_batch_size % (train.micro_batch_size * world) == 0, w,
+               ": train.global_batch_size ", train.global_batch_size,
+               " must be a positive multiple of train.micro_batch_size ", train.micro_batch_size,
+               " x data-parallel ranks ", world);
+  MOEKIT_CHECK(train.log_every > 0, w, ": train.log_every must be > 0, got ", train.log_every);
+  MOEKIT_CHECK(train.eval_every >= 0 && train.eval_batches >= 0, w, ": train.eval_every and train.eval_batches must be >= 0");
+  MOEKIT_CHECK(!data.train.empty(), w, ": data.train must list at least one dataset prefix");
+  MOEKIT_CHECK(data.valid_fraction >= 0 && data.valid_fraction < 1, w, ": data.valid_fraction must be in [0, 1), got ",
+               data.valid_fraction);
+  MOEKIT_CHECK(data.eos_id >= 0 && data.eos_id < model_config.vocab_size, w, ": data.eos_id ", data.eos_id,
+               " is outside the vocabulary [0, ", model_config.vocab_size, ")");
+  MOEKIT_CHECK(loss.aux == "none" || loss.aux == "hf_pooled" || loss.aux == "switch", w, ": loss.aux '", loss.aux,
+               "' must be one of none, hf_pooled, switch");
+  MOEKIT_CHECK(loss.z_coef >= 0, w, ": loss.z_coef must be >= 0, got ", loss.z_coef);
+  MOEKIT_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, w,
+               ": checkpoint.every must be >= 0 and checkpoint.keep >= 1");
+  MOEKIT_CHECK(parallel.ep >= 1, w, ": parallel.ep must be >= 1, got ", parallel.ep);
+  MOEKIT_CHECK(!model_config.is_moe() || model_config.num_experts % parallel.ep == 0, w, ": num_experts ",
+               model_config.num_experts, " is not divisible by parallel.ep ", parallel.ep);
+  MOEKIT_CHECK(world % parallel.ep == 0, w, ": world size ", world, " is not divisible by parallel.ep ", parallel.ep);
+  MOEKIT_CHECK(resume == "none" || resume == "auto" || !resume.empty(), w, ": resume must be none, auto or a path");
+}
+
+std::string run_config_to_yaml(const RunConfig& c) {
+  YAML::Emitter e;
+  e << YAML::BeginMap;
+  e << YAML::Key << "run_dir" << YAML::Value << c.run_dir;
+  e << YAML::Key << "seed" << YAML::Value << c.seed;
+  e << YAML::Key << "model" << YAML::Value << c.model;
+  e << YAML::Key << "init_from" << YAML::Value << c.init_from;
+  e << YAML::Key << "resume" << YAML::Value << c.resume;
+  e << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "train" << YAML::Value << YAML::Flow << c.data.train;
+  e << YAML::Key << "synth" << YAML::Value << c.data.synth;
+  e << YAML::Key << "synth_tokens" << YAML::Value << c.data.synth_tokens;
+  e << YAML::Key << "synth_seed" << YAML::Value << c.data.synth_seed;
+  e << YAML::Key << "valid_fraction" << YAML::Value << c.data.valid_fraction;
+  e << YAML::Key << "eos_id" << YAML::Value << c.data.eos_id << YAML::EndMap;
+  e << YAML::Key << "train" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "steps" << YAML::Value << c.train.steps;
+  e << YAML::Key << "seq_len" << YAML::Value << c.train.seq_len;
+  e << YAML::Key << "micro_batch_size" << YAML::Value << c.train.micro_batch_size;
+  e << YAML::Key << "global_batch_size" << YAML::Value << c.train.global_batch_size;
+  e << YAML::Key << "log_every" << YAML::Value << c.train.log_every;
+  e << YAML::Key << "eval_every" << YAML::Value << c.train.eval_every;
+  e << YAML::Key << "eval_batches" << YAML::Value << c.train.eval_batches;
+  e << YAML::Key << "peak_flops" << YAML::Value << c.train.peak_flops << YAML::EndMap;
+  e << YAML::Key << "loss" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "aux" << YAML::Value << c.loss.aux;
+  e << YAML::Key << "aux_coef" << YAML::Value << c.loss.aux_coef;
+  e << YAML::Key << "z_coef" << YAML::Value << c.loss.z_coef << YAML::EndMap;
+  e << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "every" << YAML::Value << c.checkpoint.every;
+  e << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep << YAML::EndMap;
+  e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "ep" << YAML::Value << c.parallel.ep << YAML::EndMap;
+  e << YAML::Key << "optim" << YAML::Value << YAML::Load(c.optim_yaml);
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+}  // namespace moekit::config

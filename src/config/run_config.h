@@ -1,0 +1,77 @@
+// RunConfig: everything `moekit train` needs, from a YAML run file plus `--set a.b=c`
+// overrides. Unknown keys are errors naming the key path and the file. The resolved config
+// (every default filled in) is written to RUN_DIR/config.resolved.yaml.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config/model_config.h"
+
+namespace YAML { class Node; }
+
+namespace moekit::config {
+
+struct DataConfig {
+  std::vector<std::string> train;  // dataset prefixes (.bin/.idx) or llm.c shards
+  // When set and the first train prefix does not exist, `moekit data synth` output is
+  // generated there first (so tiny configs run on a fresh machine).
+  bool synth = false;
+  int64_t synth_tokens = 2000000;
+  int64_t synth_seed = 1;
+  double valid_fraction = 0.02;
+  int64_t eos_id = 0;
+};
+
+struct TrainLoopConfig {
+  int64_t steps = 100;
+  int64_t seq_len = 128;
+  int64_t micro_batch_size = 4;
+  int64_t global_batch_size = 8;
+  int64_t log_every = 1;
+  int64_t eval_every = 0;    // 0: only at the end
+  int64_t eval_batches = 4;  // validation windows = eval_batches * micro_batch_size
+  double peak_flops = 0;     // for MFU; 0: measure this machine's f32 GEMM rate at start
+};
+
+struct LossSection {
+  std::string aux = "hf_pooled";  // none | hf_pooled | switch
+  double aux_coef = -1;           // < 0: the model config's router_aux_loss_coef
+  double z_coef = 0.0;
+};
+
+struct CheckpointSection {
+  int64_t every = 0;  // 0: only at the end (and on SIGTERM/SIGINT)
+  int64_t keep = 3;
+};
+
+struct ParallelSection {
+  int64_t ep = 1;
+};
+
+struct RunConfig {
+  std::string source;  // the file it came from
+  std::string run_dir = "runs/default";
+  uint64_t seed = 1234;
+  std::string model;      // model config path or HF directory
+  std::string init_from;  // HF directory to initialise from (optional)
+  std::string resume = "none";  // none | auto | path
+  ModelConfig model_config;     // resolved
+  DataConfig data;
+  TrainLoopConfig train;
+  LossSection loss;
+  CheckpointSection checkpoint;
+  ParallelSection parallel;
+  std::string optim_yaml = "{}";  // the optim: section, parsed by optim::OptimConfig
+
+  // Errors name the field and the values involved (world = number of ranks).
+  void validate(int world = 1) const;
+};
+
+// Apply "a.b.c=value" to a YAML tree (value parsed as YAML, so numbers stay numbers).
+void yaml_set_path(YAML::Node* root, const std::string& assignment);
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides = {});
+std::string run_config_to_yaml(const RunConfig& c);
+
+}  // namespace moekit::config
