@@ -10,9 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "core/crc32c.h"
+
 namespace moekit::train {
 
-uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);
+using moekit::crc32c;  // lives in core: checkpoints checksum with it too
 uint32_t crc32c_masked(const void* data, size_t n);
 
 // Serialized Event protobufs (exposed for the byte-exact tests).
