@@ -4,11 +4,15 @@
 //                          parameter name (full tensors, or the rows a rank owns, see below);
 //                          every dataset carries a `crc32c` attribute over its bytes
 //     meta.json            step, tokens, loader/RNG/scaler state, layout, file list (rank 0)
+//                          (required: "step" (integer) and "files"; the rest is the trainer's)
 //     config.resolved.yaml the run config (rank 0)
-//   CKPT_DIR/latest        text file holding the name of the newest committed directory
+//   CKPT_DIR/latest        text file holding the name of the last committed directory
 // Commit is atomic: everything is written into step_N.tmp/, fsynced, renamed to step_N/, the
 // parent fsynced, then `latest` is replaced by write-temp-and-rename. Older step_* directories
 // beyond `keep` are removed afterwards. A step_N.tmp left by a crash is ignored and cleaned.
+// Each rank file is written as rank_R.h5.partial and renamed by close(), so a rank that died
+// mid-write leaves a name commit refuses rather than a truncated file it would list.
+// docs/CHECKPOINTS.md has the protocol and the resume rules.
 //
 // Datasets are named by HF parameter name, so a checkpoint written by any rank layout can be
 // read back by any other: a reader asks for a tensor by name (or a row range of it, for an
@@ -27,22 +31,32 @@ namespace moekit::checkpoint {
 
 // Name of a step directory: "step_00000100".
 std::string step_dir_name(int64_t step);
+// Name of a rank's file in it: "rank_00000.h5".
+std::string rank_file_name(int rank);
+// The step of a committed directory name ("step_<digits>", any number of digits); false for
+// anything else, including step_N.tmp.
+bool parse_step_dir_name(const std::string& name, int64_t* step);
 
 class TrainCheckpointWriter {
  public:
-  // Starts CKPT_DIR/step_N.tmp/ (created by rank 0; other ranks must call after a barrier, or
-  // pass create_dir=false) and opens rank_R.h5 in it.
+  // Starts CKPT_DIR/step_N.tmp/ (created by rank 0, which first removes a stale one of the same
+  // step; other ranks must call after a barrier with create_dir=false) and opens
+  // rank_R.h5.partial in it.
   TrainCheckpointWriter(const std::string& ckpt_dir, int64_t step, int rank = 0, bool create_dir = true);
   ~TrainCheckpointWriter();  // an uncommitted writer leaves only a .tmp directory
   TrainCheckpointWriter(const TrainCheckpointWriter&) = delete;
   TrainCheckpointWriter& operator=(const TrainCheckpointWriter&) = delete;
 
-  // group: "master", "exp_avg" or "exp_avg_sq" (any name is allowed). `row_offset` > 0 or a
-  // shape smaller than `full_rows` records that this file holds rows [row_offset, row_offset +
-  // shape[0]) of a tensor with `full_rows` rows (expert parallelism); -1 = the whole tensor.
+  // group: "master", "exp_avg" or "exp_avg_sq" (any name without '/' is allowed). `row_offset`
+  // > 0 or a shape smaller than `full_rows` records that this file holds rows [row_offset,
+  // row_offset + shape[0]) of a tensor with `full_rows` rows (expert parallelism); -1 = the
+  // whole tensor. Writing the same group/name twice into one file is an error. Across the
+  // files of a step every row of a tensor must be written exactly once (the reader refuses
+  // overlapping pieces): with expert data parallelism only one replica of an expert writes.
   void write(const std::string& group, const std::string& name, const Shape& shape,
              const float* data, int64_t row_offset = 0, int64_t full_rows = -1);
-  // Closes and fsyncs this rank's file. Every rank calls it before rank 0 commits.
+  // Closes and fsyncs this rank's file and renames it to rank_R.h5. Every rank calls it before
+  // rank 0 commits.
   void close();
   const std::string& tmp_dir() const { return tmp_dir_; }
   const std::string& final_dir() const { return final_dir_; }
@@ -53,10 +67,14 @@ class TrainCheckpointWriter {
   std::string tmp_dir_, final_dir_;
 };
 
-// Rank 0, after every rank closed its writer: writes meta.json (adding "files": the rank files
-// found) and config.resolved.yaml into the .tmp directory, fsyncs, renames to step_N, updates
-// `latest`, prunes to the newest `keep` step directories (keep <= 0: keep all). Returns the final
-// directory.
+// Rank 0, after every rank closed its writer: writes meta.json (adding "step" and "files": the
+// rank files found; if meta has "world_size", exactly that many must be found, and a
+// rank_R.h5.partial left by a writer that never closed is an error) and config.resolved.yaml into
+// the .tmp directory, fsyncs, renames to step_N (an existing step_N, e.g. re-committed after a
+// resume, is swapped out atomically), updates `latest`, removes every other step_*.tmp, and
+// prunes: the committed step and the newest keep-1 older step directories stay (keep <= 0: keep
+// all); directories of later steps (a branch abandoned by resuming from an older checkpoint) are
+// left alone, with a warning. Returns the final directory.
 std::string commit_checkpoint(const std::string& ckpt_dir, int64_t step, const nlohmann::json& meta,
                               const std::string& config_yaml, int keep);
 
@@ -72,9 +90,16 @@ class TrainCheckpointReader {
   int64_t step() const;
   bool has(const std::string& group, const std::string& name) const;
   Shape shape(const std::string& group, const std::string& name) const;  // full shape
+  // Error naming the directory, dataset and both shapes unless the full shape is `expected`
+  // (a loader calls it with the model's shape before read(), which trusts the caller's buffer).
+  void check_shape(const std::string& group, const std::string& name, const Shape& expected) const;
+  // Tensor names stored in a group (over all files), sorted: lets a loader report unexpected
+  // or missing names instead of silently ignoring them.
+  std::vector<std::string> names(const std::string& group) const;
   // Read rows [row_begin, row_begin + rows) (rows = -1: all) of a tensor into out (must hold
   // rows * row_numel floats), assembling from the files that hold pieces of it. Verifies each
-  // piece's crc32c; a mismatch is an error naming the file and dataset.
+  // piece's crc32c; a mismatch is an error naming the file and dataset. Rows not covered by any
+  // piece are an error; the rows of a rank-0 (scalar) tensor are its one element.
   void read(const std::string& group, const std::string& name, float* out, int64_t row_begin = 0,
             int64_t rows = -1) const;
   // Reads every dataset once and checks its checksum (used by auto-resume before trusting it).
@@ -88,11 +113,15 @@ class TrainCheckpointReader {
 };
 
 // `resume`: "auto" -> the directory named by CKPT_DIR/latest, falling back (with a warning) to
-// older step directories, newest first, when it fails to open or verify; "" when there is none.
-// Any other value is a step directory path that must open and verify (error otherwise).
+// older step directories, newest first, when it fails to open or verify (all of them, newest
+// first, when `latest` is missing or unreadable); "" when there is no committed checkpoint, an
+// error naming each failure when there are some but none verifies (starting from scratch would
+// then overwrite them). "" or "none" -> "" (no resume). Any other value is a step directory
+// path (or a step directory name inside ckpt_dir) that must open and verify (error otherwise).
+// It reads every byte of each candidate: with many ranks call it on rank 0 and broadcast.
 std::string resolve_resume(const std::string& ckpt_dir, const std::string& resume);
 
-// Committed step directories, oldest first.
+// Committed step directories (CKPT_DIR/step_<digits>), oldest first; none if CKPT_DIR is absent.
 std::vector<std::string> list_checkpoints(const std::string& ckpt_dir);
 
 }  // namespace moekit::checkpoint
