@@ -51,6 +51,7 @@ void expect_same(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.num_experts_per_tok, b.num_experts_per_tok);
   EXPECT_EQ(a.moe_intermediate_size, b.moe_intermediate_size);
   EXPECT_EQ(a.shared_expert_intermediate_size, b.shared_expert_intermediate_size);
+  EXPECT_EQ(a.shared_expert_gate, b.shared_expert_gate);
   EXPECT_EQ(a.norm_topk_prob, b.norm_topk_prob);
   EXPECT_EQ(a.decoder_sparse_step, b.decoder_sparse_step);
   EXPECT_EQ(a.mlp_only_layers, b.mlp_only_layers);
@@ -120,6 +121,24 @@ TEST(ModelConfig, Qwen15MoeA27bHasHfValues) {
   EXPECT_EQ(c.max_position_embeddings, 8192);
   EXPECT_EQ(c.torch_dtype, "bfloat16");
   EXPECT_EQ(c.num_sparse_layers(), 24);
+  EXPECT_TRUE(c.shared_expert_gate);
+}
+
+TEST(ModelConfig, DeepSeekMoe16bAsQwen2Moe) {
+  const ModelConfig c = load_model_config(kModelsDir + "/deepseek-moe-16b.yaml");
+  EXPECT_EQ(c.model_type, "qwen2_moe");
+  EXPECT_EQ(c.vocab_size, 102400);
+  EXPECT_EQ(c.num_hidden_layers, 28);
+  EXPECT_EQ(c.head_size(), 128);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_EQ(c.num_experts, 64);
+  EXPECT_EQ(c.num_experts_per_tok, 6);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 2 * 1408);
+  EXPECT_FALSE(c.shared_expert_gate);
+  EXPECT_FALSE(c.is_sparse_layer(0));  // first_k_dense_replace = 1
+  EXPECT_TRUE(c.is_sparse_layer(1));
+  EXPECT_EQ(c.num_sparse_layers(), 27);
+  EXPECT_EQ(c.intermediate_size, 10944);
 }
 
 TEST(ModelConfig, Qwen15DenseConfigsHaveHfValues) {
@@ -329,7 +348,16 @@ TEST(ModelConfig, HfJsonRoundTrip) {
     EXPECT_EQ(t.find("head_dim"), std::string::npos);
     expect_same(model_config_from_hf_json(t, "round-trip"), dense);
   }
-  for (const std::string name : {"qwen1.5-moe-a2.7b", "bench-moe"}) {
+  // The gate flag is not an HF field: absent while true (HF's config.json stays as is),
+  // written and read back when false.
+  EXPECT_EQ(text.find("shared_expert_gate"), std::string::npos);
+  ModelConfig ungated = tiny_moe();
+  ungated.shared_expert_gate = false;
+  const std::string ungated_text = model_config_to_hf_json(ungated);
+  EXPECT_NE(ungated_text.find("\"shared_expert_gate\": false"), std::string::npos);
+  expect_same(model_config_from_hf_json(ungated_text, "round-trip"), ungated);
+
+  for (const std::string name : {"qwen1.5-moe-a2.7b", "bench-moe", "deepseek-moe-16b"}) {
     SCOPED_TRACE(name);
     const ModelConfig c = load_model_config(kModelsDir + "/" + name + ".yaml");
     expect_same(model_config_from_hf_json(model_config_to_hf_json(c), "round-trip"), c);
@@ -460,6 +488,10 @@ TEST(ModelConfig, ValidateRejectsBadMoeFields) {
                  {"mlp_only_layers", "1", "twice"});
   expect_invalid(m, [](ModelConfig& c) { c.router_aux_loss_coef = -0.1; },
                  {"router_aux_loss_coef"});
+  expect_invalid(m, [](ModelConfig& c) {
+    c.shared_expert_intermediate_size = 0;
+    c.shared_expert_gate = false;
+  }, {"shared_expert_gate", "shared_expert_intermediate_size"});
   // No shared expert is allowed.
   ModelConfig no_shared = m;
   no_shared.shared_expert_intermediate_size = 0;
