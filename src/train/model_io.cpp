@@ -42,6 +42,10 @@ std::unique_ptr<model::Model> load_checkpoint_model(const std::string& path, int
 std::unique_ptr<model::Model> load_any_model(const std::string& path) {
   if (fs::exists(fs::path(path) / "config.json")) return checkpoint::load_hf_model(path);
   MOEKIT_CHECK(fs::is_directory(path), "'", path, "' is not a directory");
+  const bool is_ckpt = fs::exists(fs::path(path) / "meta.json") || fs::exists(fs::path(path) / "latest") ||
+                       fs::exists(fs::path(path) / "checkpoints" / "latest");
+  MOEKIT_CHECK(is_ckpt, "'", path, "' has no config.json (an HF directory) and is not a training checkpoint ",
+               "(meta.json) or run directory (checkpoints/latest)");
   return load_checkpoint_model(path);
 }
 

@@ -37,6 +37,7 @@ for kind in dense moe; do
   run="$tmp/$kind"
   out="$(train --config configs/train/tiny-$kind.yaml --set run_dir="$run" --set train.steps=40 2>"$tmp/$kind.log")"
   rc=$?
+  printf '%s\n' "$out" >"$tmp/$kind.out"
   if [ $rc -ne 0 ]; then bad "train tiny-$kind (rc=$rc): $(tail -5 "$tmp/$kind.log")"; continue; fi
   if $py - "$run" "$kind" "$(tail -n 1 <<<"$out")" <<'PY'; then ok "tiny-$kind learns and logs"; else bad "tiny-$kind logs"; fi
 import json, math, os, sys
@@ -64,7 +65,7 @@ s = json.load(open(os.path.join(run, "summary.json")))
 assert s["tokens"] == 40 * 16 * 128 and s["train_flops"] > 0
 PY
 done
-grep -q "step 40/40 | loss" "$tmp/moe.log" && grep -q "ETA" "$tmp/moe.log" && ok "progress line" || bad "progress line"
+grep -q "step 40/40 | loss" "$tmp/moe.out" && grep -q "ETA" "$tmp/moe.out" && ok "progress line" || bad "progress line"
 
 # --- TensorBoard reads the event files -----------------------------------------------------
 if $py -c "import tensorboard" 2>/dev/null; then
@@ -165,6 +166,7 @@ expect_fail "batch not divisible" "global_batch_size 12" train --config $cfg --s
 expect_fail "missing config" "does not exist" "$moekit" train --config "$tmp/nope.yaml"
 expect_fail "missing model" "nope.yaml" train --config $cfg --set run_dir="$tmp/b4" --set model="$tmp/nope.yaml"
 expect_fail "existing run without resume" "already holds a run" train --config $cfg --set run_dir="$tmp/dense"
+mkdir -p "$tmp/big"
 "$moekit" data synth --out "$tmp/big/v1000" --vocab 1000 --tokens 20000 >/dev/null 2>&1
 expect_fail "token out of vocabulary" "v1000" train --config $cfg --set run_dir="$tmp/b5" \
   --set "data.train=[$tmp/big/v1000]"

@@ -67,7 +67,7 @@ TEST(Report, DefaultTargetIsTheWorstFinalLossAndRatiosUseTheFirstRun) {
   EXPECT_DOUBLE_EQ(rep["runs"][1]["target"]["flops_vs_first"].get<double>(), 0.5);
   EXPECT_DOUBLE_EQ(rep["runs"][1]["device_hours"].get<double>(), 8.0 * 2 / 3600);
   const std::string table = report_table(rep);
-  EXPECT_NE(table.find("| c2 | qwen2 | 500 / 1k | 4 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| moekit_report_c2 | qwen2 | 500 / 1k | 4 |"), std::string::npos) << table;
   EXPECT_NE(table.find("0.50x"), std::string::npos) << table;
 }
 
