@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   moekit::cli::add_init_command(app, &commands);
   moekit::cli::add_eval_command(app, &commands);
   moekit::cli::add_data_command(app, &commands);
+  moekit::cli::add_upcycle_command(app, &commands);
   // CLI11 reports a mistyped subcommand as "a subcommand is required"; name it instead.
   std::string names;
   bool known = false;
