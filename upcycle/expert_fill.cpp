@@ -32,6 +32,12 @@ TensorStats tensor_stats(const float* x, int64_t n) {
 
 namespace {
 
+// Asks for a dense row before it is needed: each expert row reads a different, random dense
+// row, which the hardware prefetcher cannot guess.
+inline void prefetch_row(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+}
+
 // One down row (n = width columns) from its gathered dense values, by the spec's rule.
 uint64_t mix_down_row(float* y, const float* src, int64_t n, uint64_t idx0, const ExpertTensorSpec& s, float* tmp) {
   if (s.neuron_reinit != nullptr) {
@@ -70,6 +76,7 @@ uint64_t fill_expert_rows(float* out, const ExpertTensorSpec& s, const DenseFfn&
       // Row j of gate/up is the dense row of its neuron, whole.
       const std::vector<float>& w = s.proj == Proj::kGate ? d.gate : d.up;
       const float* src = w.data() + static_cast<int64_t>(s.src_index[r]) * d.hidden;
+      if (r + 1 < r1) prefetch_row(w.data() + static_cast<int64_t>(s.src_index[r + 1]) * d.hidden, d.hidden);
       if (s.neuron_reinit != nullptr) {
         if (s.neuron_reinit[r]) {
           normal_elements(y, static_cast<size_t>(cols), s.key, idx0, s.mean, s.std);

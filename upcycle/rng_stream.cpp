@@ -3,6 +3,8 @@
 // The normal values built from the words live in normal_fill.cpp.
 #include "upcycle/rng_stream.h"
 
+// GCC 12 flags the intrinsics' deliberately undefined pass-through operands (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <atomic>
@@ -104,12 +106,16 @@ __attribute__((target("avx512f"))) void philox_tiles_avx512(PhiloxKey key, uint6
     __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
     uint32_t k0 = key.k0, k1 = key.k1;
     for (int r = 0; r < 10; ++r) {
-      const __m512i e0 = _mm512_mul_epu32(c0, m0), o0 = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), m0);
-      const __m512i e1 = _mm512_mul_epu32(c2, m1), o1 = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), m1);
-      const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(e0, 32), o0);
-      const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, e0, _mm512_slli_epi64(o0, 32));
-      const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(e1, 32), o1);
-      const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, e1, _mm512_slli_epi64(o1, 32));
+      // 32x32->64 products of the even lanes (e) and, after a swap of each lane pair, of the
+      // odd lanes (o). The masked swaps then gather the high halves (hi) and low halves (lo)
+      // in lane order. Swaps run on port 5 and the multiplies on port 0; shifts would compete
+      // with the multiplies for port 0.
+      const __m512i e0 = _mm512_mul_epu32(c0, m0), o0 = _mm512_mul_epu32(_mm512_shuffle_epi32(c0, _MM_PERM_CDAB), m0);
+      const __m512i e1 = _mm512_mul_epu32(c2, m1), o1 = _mm512_mul_epu32(_mm512_shuffle_epi32(c2, _MM_PERM_CDAB), m1);
+      const __m512i hi0 = _mm512_mask_shuffle_epi32(o0, 0x5555, e0, _MM_PERM_CDAB);
+      const __m512i lo0 = _mm512_mask_shuffle_epi32(e0, 0xAAAA, o0, _MM_PERM_CDAB);
+      const __m512i hi1 = _mm512_mask_shuffle_epi32(o1, 0x5555, e1, _MM_PERM_CDAB);
+      const __m512i lo1 = _mm512_mask_shuffle_epi32(e1, 0xAAAA, o1, _MM_PERM_CDAB);
       // a ^ b ^ c in one instruction (truth table 0x96).
       c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
       c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);

@@ -42,25 +42,31 @@ void pwrite_full(int fd, const void* src, size_t n, uint64_t off, const std::str
   }
 }
 
-// The safetensors header for one shard; `offsets` are relative to the data section.
-std::string shard_header(const std::vector<const ShardEntry*>& entries,
-                         const std::vector<uint64_t>& begins, const std::vector<uint64_t>& ends) {
+// The safetensors header for one shard; `offsets` are relative to the data section, which
+// starts at a multiple of `align` (8: as write_safetensors).
+std::string shard_header(const std::vector<const ShardEntry*>& entries, const std::vector<uint64_t>& begins,
+                         const std::vector<uint64_t>& ends, uint64_t align) {
   std::string h = "{\"__metadata__\":{\"format\":\"pt\"}";
   for (size_t i = 0; i < entries.size(); ++i) {
     h += ',';
     h += header_entry(entries[i]->name, entries[i]->dtype, entries[i]->shape, begins[i], ends[i]);
   }
   h += '}';
-  h.append((8 - h.size() % 8) % 8, ' ');  // data section 8-byte aligned, as write_safetensors
+  h.append((align - (8 + h.size()) % align) % align, ' ');
   return h;
 }
 
 }  // namespace
 
-ShardWriter::ShardWriter(const std::string& dir, std::vector<ShardEntry> tensors,
-                         uint64_t max_shard_bytes)
+ShardWriter::ShardWriter(const std::string& dir, std::vector<ShardEntry> tensors, uint64_t max_shard_bytes)
+    : ShardWriter(dir, std::move(tensors), ShardWriterOptions{max_shard_bytes, 8, false}) {}
+
+ShardWriter::ShardWriter(const std::string& dir, std::vector<ShardEntry> tensors, const ShardWriterOptions& opt)
     : dir_(dir) {
+  const uint64_t max_shard_bytes = opt.max_shard_bytes;
   MOEKIT_CHECK(max_shard_bytes > 0, dir, ": max_shard_bytes must be positive");
+  MOEKIT_CHECK(opt.data_alignment >= 8 && opt.data_alignment % 8 == 0, dir, ": data_alignment ",
+               opt.data_alignment, " must be a positive multiple of 8");
   MOEKIT_CHECK(!tensors.empty(), dir, ": no tensors to write");
   std::error_code ec;
   MOEKIT_CHECK(fs::is_directory(dir, ec), dir, ": output directory does not exist");
@@ -112,7 +118,7 @@ ShardWriter::ShardWriter(const std::string& dir, std::vector<ShardEntry> tensors
       off += tensors_[t].nbytes;
       ends.push_back(off);
     }
-    const std::string header = shard_header(entries, begins, ends);
+    const std::string header = shard_header(entries, begins, ends, opt.data_alignment);
     MOEKIT_CHECK(header.size() <= kMaxSafetensorsHeader, sh.path, ": header would be ", header.size(),
                  " bytes, over the safetensors limit");
     const uint64_t data_start = 8 + header.size();
@@ -129,6 +135,11 @@ ShardWriter::ShardWriter(const std::string& dir, std::vector<ShardEntry> tensors
                    " bytes: ", errno_str(e),
                    (e == ENOSPC || e == EFBIG || e == EDQUOT ? " (disk full or file size limit)" : ""));
     }
+    sh.direct_ok = std::make_unique<std::atomic<bool>>(false);
+    if (opt.direct_io) {
+      sh.dfd = ::open(sh.path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+      sh.direct_ok->store(sh.dfd >= 0);  // e.g. tmpfs refuses O_DIRECT: buffered only
+    }
     unsigned char len[8];
     const uint64_t hl = header.size();
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(hl >> (8 * i));
@@ -138,8 +149,44 @@ ShardWriter::ShardWriter(const std::string& dir, std::vector<ShardEntry> tensors
 }
 
 ShardWriter::~ShardWriter() {
-  for (Shard& s : shards_)
+  for (Shard& s : shards_) {
     if (s.fd >= 0) ::close(s.fd);
+    if (s.dfd >= 0) ::close(s.dfd);
+  }
+}
+
+void ShardWriter::write_at(Shard& sh, const char* p, size_t n, uint64_t abs) {
+  constexpr uint64_t A = kDirectAlign;
+  const uint64_t head = (A - abs % A) % A;
+  if (!sh.direct_ok->load(std::memory_order_relaxed) || head >= n || (n - head) < A ||
+      reinterpret_cast<uintptr_t>(p + head) % A != 0) {
+    pwrite_full(sh.fd, p, n, abs, sh.path);
+    return;
+  }
+  // Buffered up to the first block boundary, whole blocks direct, the rest buffered. Blocks
+  // written directly hold bytes of this piece only, so they never share a page with the
+  // buffered bytes of another piece.
+  if (head > 0) pwrite_full(sh.fd, p, head, abs, sh.path);
+  size_t done = head;
+  const size_t mid_end = head + (n - head) / A * A;
+  while (done < mid_end) {
+    const ssize_t r = ::pwrite(sh.dfd, p + done, mid_end - done, static_cast<off_t>(abs + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EINVAL) {  // not supported after all: buffered from now on
+      sh.direct_ok->store(false);
+      break;
+    }
+    if (r < 0) {
+      const int e = errno;
+      MOEKIT_FAIL(sh.path, ": write of ", mid_end - done, " bytes at offset ", abs + done, " failed: ", errno_str(e),
+                  (e == ENOSPC || e == EFBIG || e == EDQUOT ? " (disk full or file size limit)" : ""));
+    }
+    MOEKIT_CHECK(r > 0, sh.path, ": write made no progress at offset ", abs + done);
+    direct_bytes_.fetch_add(static_cast<uint64_t>(r), std::memory_order_relaxed);
+    done += static_cast<size_t>(r);
+    if (static_cast<uint64_t>(r) % A != 0) break;  // a short, unaligned write: finish buffered
+  }
+  if (done < n) pwrite_full(sh.fd, p + done, n - done, abs + done, sh.path);
 }
 
 size_t ShardWriter::index(const std::string& name) const {
@@ -159,8 +206,7 @@ void ShardWriter::write(size_t t, uint64_t offset, const void* data, size_t n) {
   Tensor& tt = tensors_[t];
   MOEKIT_CHECK(offset <= tt.nbytes && n <= tt.nbytes - offset, dir_, ": write of ", n, " bytes at offset ",
                offset, " runs past the end of tensor '", tt.entry.name, "' (", tt.nbytes, " bytes)");
-  const Shard& sh = shards_[tt.shard];
-  pwrite_full(sh.fd, data, n, tt.file_offset + offset, sh.path);
+  write_at(shards_[tt.shard], static_cast<const char*>(data), n, tt.file_offset + offset);
   tt.written->fetch_add(n, std::memory_order_relaxed);
 }
 
@@ -177,6 +223,8 @@ void ShardWriter::finish() {
     MOEKIT_CHECK(static_cast<uint64_t>(st.st_size) == s.size, s.path, ": file is ", st.st_size,
                  " bytes, expected ", s.size);
     MOEKIT_CHECK(::fsync(s.fd) == 0, s.path, ": fsync failed: ", errno_str(errno));
+    if (s.dfd >= 0) ::close(s.dfd);
+    s.dfd = -1;
     const int rc = ::close(s.fd);
     s.fd = -1;
     MOEKIT_CHECK(rc == 0, s.path, ": close failed: ", errno_str(errno));

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 
 #include "core/check.h"
 #include "upcycle/verify.h"
@@ -80,6 +81,11 @@ TEST_F(UpcycleConvert, OutputIsByteIdenticalForAnyThreadCount) {
   EXPECT_GT(a.size(), 6u);  // several shards + index + plan
   EXPECT_EQ(a, test::tree_bytes(path("t3")));
   EXPECT_EQ(a, test::tree_bytes(path("t8")));
+  // Buffered writes instead of O_DIRECT: the same bytes.
+  ::setenv("MOEKIT_DIRECT_IO", "0", 1);
+  test::run_upcycle(r, path("dense"), path("buffered"), 2);
+  ::unsetenv("MOEKIT_DIRECT_IO");
+  EXPECT_EQ(a, test::tree_bytes(path("buffered")));
   // A different seed changes the experts.
   test::run_upcycle(test::tiny_recipe({"dtype=bf16", "max_shard_size=300KB", "seed=5"}), path("dense"), path("s5"), 2);
   EXPECT_NE(a, test::tree_bytes(path("s5")));
