@@ -165,8 +165,8 @@ void RunConfig::validate(int world) const {
                data.valid_fraction);
   MOEKIT_CHECK(data.eos_id >= 0 && data.eos_id < model_config.vocab_size, w, ": data.eos_id ", data.eos_id,
                " is outside the vocabulary [0, ", model_config.vocab_size, ")");
-  MOEKIT_CHECK(loss.aux == "none" || loss.aux == "hf_pooled" || loss.aux == "switch", w, ": loss.aux '", loss.aux,
-               "' must be one of none, hf_pooled, switch");
+  MOEKIT_CHECK(loss.aux == "none" || loss.aux == "hf_pooled" || loss.aux == "switch" || loss.aux == "global_batch", w,
+               ": loss.aux '", loss.aux, "' must be one of none, hf_pooled, switch, global_batch");
   MOEKIT_CHECK(loss.z_coef >= 0, w, ": loss.z_coef must be >= 0, got ", loss.z_coef);
   MOEKIT_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, w,
                ": checkpoint.every must be >= 0 and checkpoint.keep >= 1");

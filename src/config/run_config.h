@@ -36,7 +36,7 @@ struct TrainLoopConfig {
 };
 
 struct LossSection {
-  std::string aux = "hf_pooled";  // none | hf_pooled | switch
+  std::string aux = "hf_pooled";  // none | hf_pooled | switch | global_batch
   double aux_coef = -1;           // < 0: the model config's router_aux_loss_coef
   double z_coef = 0.0;
 };
