@@ -135,6 +135,11 @@ class LocalCommunicator final : public Communicator {
   [[noreturn]] void abort(int code, const std::string& message) override;
 };
 
+// Print "moekit: error (rank R of W): message" and MPI_Abort the whole job (or print and exit
+// when MPI is not running). Used by every backend's abort() and by run_or_abort() when a rank
+// throws. Defined in mpi_communicator.cpp.
+[[noreturn]] void abort_job(int code, const std::string& message);
+
 // Shared by the backends: checks that an all_to_all_v's counts and displacements are
 // non-negative (a negative count is a dispatcher bug that MPI would turn into a crash on
 // another rank). Errors name the group and the peer.

@@ -50,8 +50,4 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1, world_rank_ = 0;
 };
 
-// Print "moekit: error (rank R of W): message" and MPI_Abort the whole job (or exit when MPI
-// is not running). Used by every backend's abort() and by main() when a rank throws.
-[[noreturn]] void abort_job(int code, const std::string& message);
-
 }  // namespace moekit::parallel

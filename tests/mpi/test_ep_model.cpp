@@ -18,6 +18,12 @@
 #include <cmath>
 #include <vector>
 
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "checkpoint/hf_checkpoint.h"
+#include "checkpoint/safetensors.h"
 #include "config/model_config.h"
 #include "core/rng.h"
 #include "model/model.h"
@@ -110,6 +116,31 @@ TEST(ExpertParallelModel, MatchesSingleProcessOnTheGlobalBatch) {
               W, ctx.topo.ep(), ce + loss.aux_coef * l.aux_global + loss.z_coef * z, ref_loss.total, worst,
               worst_name.c_str(), norm, ref_norm);
   EXPECT_NEAR(norm, ref_norm, kLossTol * ref_norm);
+}
+
+// An HF directory written by one process loads into every expert-parallel rank: each reads
+// its own experts (bit for bit) and skips the others' without complaint.
+TEST(ExpertParallelModel, LoadsOwnExpertsFromHfDirectory) {
+  auto& ctx = test::mpi_context();
+  const config::ModelConfig cfg = tiny_moe();
+  int32_t pid = static_cast<int32_t>(getpid());
+  ctx.world->broadcast(&pid, 1, 0);
+  const std::string dir = "/tmp/moekit_ep_hf_" + std::to_string(pid);
+  model::Model full(cfg);
+  full.params().init(kSeed + 1, cfg.initializer_range);
+  if (ctx.world->rank() == 0) {
+    std::filesystem::remove_all(dir);
+    checkpoint::save_hf_model(full, dir, DType::kF32);
+  }
+  ctx.world->barrier();
+  model::Model part(cfg, {ctx.world.get(), ctx.ep.get()});
+  checkpoint::load_hf_weights(&part, checkpoint::SafetensorsDir::open(dir));
+  for (const auto& s : part.params().specs()) {
+    model::Param a = part.params().get(s.name), b = full.params().get(s.name);
+    EXPECT_TRUE(std::equal(a.w, a.w + s.numel(), b.w)) << s.name;
+  }
+  ctx.world->barrier();
+  if (ctx.world->rank() == 0) std::filesystem::remove_all(dir);
 }
 
 }  // namespace
