@@ -151,6 +151,11 @@ std::string generation_config_json(const config::ModelConfig& cfg) {
 
 void save_hf_model(const model::Model& model, const std::string& dir, DType dtype, uint64_t max_shard_bytes) {
   MOEKIT_CHECK(dtype_is_float(dtype), "export dtype must be f32, bf16 or f16, got ", dtype_name(dtype));
+  // transformers would build the sigmoid gate anyway and initialise it at random: refuse
+  // rather than write a checkpoint that loads with different numerics.
+  MOEKIT_CHECK(!model.config().is_moe() || model.config().shared_expert_gate, "cannot write '", dir,
+               "': shared_expert_gate is false (an ungated, DeepSeekMoE-style shared expert), which "
+               "transformers' Qwen2MoeForCausalLM cannot express (it always gates the shared expert)");
   const fs::path out(dir);
   MOEKIT_CHECK(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), "output directory '", dir,
                "' already exists and is not empty");

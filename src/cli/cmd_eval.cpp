@@ -8,6 +8,7 @@
 #include "checkpoint/hf_checkpoint.h"
 #include "cli/commands.h"
 #include "core/log.h"
+#include "train/model_io.h"
 
 namespace moekit::cli {
 
@@ -17,13 +18,13 @@ void add_eval_command(CLI::App& root, std::vector<Command>* out) {
   };
   auto o = std::make_shared<Opts>();
   CLI::App* app = root.add_subcommand("eval", "Evaluate an HF checkpoint on a token sequence (loss, aux loss, logits)");
-  app->add_option("--model", o->model, "HF checkpoint directory (config.json + safetensors)")->required();
+  app->add_option("--model", o->model, "HF checkpoint directory (config.json + safetensors), or a training checkpoint step / run directory")->required();
   app->add_option("--tokens", o->tokens, "Comma-separated token ids, e.g. 1,2,3 (at least 2)")->required();
   app->add_option("--logits-out", o->logits_out, "Write the logits [T, vocab] as F32 tensor 'logits' (safetensors)");
   out->push_back({app, [o]() {
                     std::vector<int64_t> toks = parse_int_list(o->tokens, "--tokens");
                     MOEKIT_CHECK(toks.size() >= 2, "--tokens: need at least 2 tokens to score, got ", toks.size());
-                    auto model = checkpoint::load_hf_model(o->model);
+                    auto model = train::load_any_model(o->model);
                     const auto& cfg = model->config();
                     const int64_t T = static_cast<int64_t>(toks.size());
                     for (int64_t t = 0; t < T; ++t)

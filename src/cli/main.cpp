@@ -21,6 +21,10 @@ int main(int argc, char** argv) {
   moekit::cli::add_init_command(app, &commands);
   moekit::cli::add_eval_command(app, &commands);
   moekit::cli::add_data_command(app, &commands);
+  moekit::cli::add_train_command(app, &commands);
+  moekit::cli::add_export_command(app, &commands);
+  moekit::cli::add_report_command(app, &commands);
+  moekit::cli::add_cost_command(app, &commands);
   // CLI11 reports a mistyped subcommand as "a subcommand is required"; name it instead.
   std::string names;
   bool known = false;

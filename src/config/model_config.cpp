@@ -62,6 +62,7 @@ const std::vector<FieldSpec>& field_specs() {
       {"num_experts_per_tok", &ModelConfig::num_experts_per_tok, true},
       {"moe_intermediate_size", &ModelConfig::moe_intermediate_size, true},
       {"shared_expert_intermediate_size", &ModelConfig::shared_expert_intermediate_size, true},
+      {"shared_expert_gate", &ModelConfig::shared_expert_gate, true},
       {"norm_topk_prob", &ModelConfig::norm_topk_prob, true},
       {"decoder_sparse_step", &ModelConfig::decoder_sparse_step, true},
       {"mlp_only_layers", &ModelConfig::mlp_only_layers, true},
@@ -321,6 +322,7 @@ ModelConfig from_qwen2_json(json j, const std::string& where) {
     c.num_experts_per_tok = 4;
     c.moe_intermediate_size = 1408;
     c.shared_expert_intermediate_size = 5632;
+    c.shared_expert_gate = true;
     c.norm_topk_prob = false;
     c.decoder_sparse_step = 1;
     c.mlp_only_layers.clear();
@@ -508,6 +510,8 @@ void ModelConfig::validate() const {
                  ") must be positive");
     MOEKIT_CHECK(shared_expert_intermediate_size >= 0, "shared_expert_intermediate_size (",
                  shared_expert_intermediate_size, ") must be >= 0 (0: no shared expert)");
+    MOEKIT_CHECK(shared_expert_gate || shared_expert_intermediate_size > 0,
+                 "shared_expert_gate: false needs a shared expert (shared_expert_intermediate_size is 0)");
     MOEKIT_CHECK(decoder_sparse_step > 0, "decoder_sparse_step (", decoder_sparse_step,
                  ") must be positive");
     MOEKIT_CHECK(router_aux_loss_coef >= 0, "router_aux_loss_coef (", router_aux_loss_coef,
@@ -603,6 +607,9 @@ std::string model_config_to_hf_json(const ModelConfig& c) {
                        (c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads == 0 &&
                         c.head_dim == c.hidden_size / c.num_attention_heads);
   if (implied) j.erase("head_dim");
+  // transformers' Qwen2MoeConfig has no such field (its shared expert is always gated): keep
+  // the written config.json identical to HF's unless the gate is off.
+  if (moe && c.shared_expert_gate) j.erase("shared_expert_gate");
   j["transformers_version"] = "4.40.0";
   j["use_cache"] = true;
   return j.dump(2) + "\n";

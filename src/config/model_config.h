@@ -40,6 +40,9 @@ struct ModelConfig {
   int64_t num_experts_per_tok = 0;     // top-k
   int64_t moe_intermediate_size = 0;   // routed expert width
   int64_t shared_expert_intermediate_size = 0;  // 0: no shared expert
+  // Qwen2-MoE scales the shared expert by sigmoid(x . w_sg); DeepSeekMoE adds it ungated
+  // (false). Not an HF Qwen2MoeConfig field: written to config.json only when false.
+  bool shared_expert_gate = true;
   bool norm_topk_prob = false;
   int64_t decoder_sparse_step = 1;
   std::vector<int64_t> mlp_only_layers;

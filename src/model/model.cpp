@@ -138,7 +138,7 @@ void declare_model_params(const config::ModelConfig& cfg_, ParamStore* store, co
       P.declare(p + "mlp.shared_expert.gate_proj.weight", {Is, H}, ParamInit::kNormal);
       P.declare(p + "mlp.shared_expert.up_proj.weight", {Is, H}, ParamInit::kNormal);
       P.declare(p + "mlp.shared_expert.down_proj.weight", {H, Is}, ParamInit::kNormal);
-      P.declare(p + "mlp.shared_expert_gate.weight", {1, H}, ParamInit::kNormal);
+      if (cfg_.shared_expert_gate) P.declare(p + "mlp.shared_expert_gate.weight", {1, H}, ParamInit::kNormal);
     }
   }
   P.declare("model.norm.weight", {H}, ParamInit::kOne);
@@ -174,7 +174,7 @@ void Model::bind_layers() {
       if (cfg_.shared_expert_intermediate_size > 0) {
         mp.shared_gate_up = P.get(p + "mlp.shared_expert.gate_proj.weight");
         mp.shared_down = P.get(p + "mlp.shared_expert.down_proj.weight");
-        mp.shared_gate = P.get(p + "mlp.shared_expert_gate.weight");
+        mp.shared_gate = opt(p + "mlp.shared_expert_gate.weight");
       }
       moe::MoeDims md{H, cfg_.num_experts, cfg_.num_experts_per_tok, cfg_.moe_intermediate_size,
                       cfg_.shared_expert_intermediate_size, cfg_.norm_topk_prob};

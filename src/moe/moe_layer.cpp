@@ -78,6 +78,11 @@ void MoeLayer::forward(float* y, MoeCache* c, const float* x, int64_t T) const {
   const int64_t Is = d_.shared_inter;
   c->s_gu.resize(T * 2 * Is);
   c->s_act.resize(T * Is);
+  if (!p_.shared_gate.w) {  // DeepSeekMoE: the shared expert is added ungated
+    model::mlp_forward(y, 1.f, c->s_gu.data(), c->s_act.data(), x, {p_.shared_gate_up.w, p_.shared_down.w}, T, H,
+                       Is);
+    return;
+  }
   c->s_out.resize(T * H);
   c->s_gate.resize(T);
   model::mlp_forward(c->s_out.data(), 0.f, c->s_gu.data(), c->s_act.data(), x,
@@ -117,8 +122,14 @@ void MoeLayer::backward(float* dx, const float* dy, const MoeCache& c, const flo
   kernels::matmul_tn(p_.router.g, dlogits.data(), x, E, H, T, 1.f);  // dW_r += dz^T x
   kernels::matmul_nn(dx, dlogits.data(), p_.router.w, T, H, E, 1.f);  // dx += dz W_r
   if (!p_.shared_gate_up.w) return;
-  // Shared expert: y += g_t * s_t, g_t = sigmoid(a_t), a_t = x_t . w_sg.
   const int64_t Is = d_.shared_inter;
+  std::vector<float> scratch(T * 3 * Is);
+  if (!p_.shared_gate.w) {  // ungated: y += s_t
+    model::mlp_backward(dx, 1.f, {p_.shared_gate_up.g, p_.shared_down.g}, dy, x, c.s_gu.data(), c.s_act.data(),
+                        {p_.shared_gate_up.w, p_.shared_down.w}, T, H, Is, scratch.data());
+    return;
+  }
+  // Shared expert: y += g_t * s_t, g_t = sigmoid(a_t), a_t = x_t . w_sg.
   std::vector<float> ds(T * H), da(T);
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t) {
@@ -132,7 +143,6 @@ void MoeLayer::backward(float* dx, const float* dy, const MoeCache& c, const flo
   }
   kernels::matmul_tn(p_.shared_gate.g, da.data(), x, 1, H, T, 1.f);
   kernels::matmul_nn(dx, da.data(), p_.shared_gate.w, T, H, 1, 1.f);
-  std::vector<float> scratch(T * 3 * Is);
   model::mlp_backward(dx, 1.f, {p_.shared_gate_up.g, p_.shared_down.g}, ds.data(), x, c.s_gu.data(),
                       c.s_act.data(), {p_.shared_gate_up.w, p_.shared_down.w}, T, H, Is, scratch.data());
 }

@@ -1,6 +1,7 @@
 // The Qwen2-MoE sparse block: router -> dispatch -> routed experts -> combine, plus the
 // always-on shared expert scaled by a per-token sigmoid gate:
 //   y = sum_j w_j expert_{i_j}(x) + sigmoid(x . w_sg) * shared(x)
+// or, without the gate (DeepSeekMoE, arXiv 2401.06066 eq. 9), y = routed + shared(x).
 // With expert parallelism (ExpertParallel with a group of size > 1) the layer holds only its
 // E/ep experts and the routed path goes through the all-to-all dispatcher
 // (moe/token_dispatcher.h); every rank of the ep group must run forward and backward of the
@@ -27,7 +28,7 @@ struct MoeParams {
   model::Param experts;         // stack base: expert 0 gate_proj
   model::Param shared_gate_up;  // (2Is, H); w == nullptr when there is no shared expert
   model::Param shared_down;     // (H, Is)
-  model::Param shared_gate;     // (1, H)
+  model::Param shared_gate;     // (1, H); w == nullptr: the shared expert is ungated
 };
 
 struct MoeDims {
@@ -48,7 +49,7 @@ struct MoeCache {
   std::vector<float> xp, yp;  // (T*k, H) dispatched inputs and expert outputs (plan order)
   std::vector<float> xg, yg;  // expert parallel: (R, H) received rows grouped by local expert
   ExpertsCache experts;
-  std::vector<float> s_gu, s_act, s_out, s_gate;  // shared expert: (T,2Is), (T,Is), (T,H), (T)
+  std::vector<float> s_gu, s_act, s_out, s_gate;  // shared expert: (T,2Is), (T,Is), (T,H), (T); last two gated only
 };
 
 class MoeLayer {

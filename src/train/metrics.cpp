@@ -14,27 +14,36 @@ FlopCount count_flops(const config::ModelConfig& c, int64_t seq) {
   FlopCount f;
   const double H = c.hidden_size, V = c.vocab_size, d = c.head_size();
   const double qd = c.num_attention_heads * d, kvd = c.num_key_value_heads * d;
-  const double attn = H * qd + (c.qkv_bias ? qd : 0) + 2 * (H * kvd + (c.qkv_bias ? kvd : 0)) + qd * H + 2 * H;  // + norms
+  const double attn_matmul = H * qd + 2 * H * kvd + qd * H;  // q, k, v, o
+  const double attn_other = (c.qkv_bias ? qd + 2 * kvd : 0) + 2 * H;  // biases, two norms
   const double embeddings = V * H * (c.tie_word_embeddings ? 1 : 2);  // input embedding + lm_head
-  double total = embeddings + H, active_ne = H;  // final norm
+  double total = embeddings + H, active_ne = H, matmul = V * H;  // final norm; the lm_head is a GEMM even when tied
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    total += attn;
-    active_ne += attn;
+    double layer_total = attn_matmul + attn_other, layer_active = layer_total, layer_matmul = attn_matmul;
     if (c.is_sparse_layer(l)) {
       const double expert = 3 * H * c.moe_intermediate_size, shared = 3 * H * c.shared_expert_intermediate_size;
-      const double router = H * c.num_experts, gate = c.shared_expert_intermediate_size > 0 ? H : 0;
-      total += c.num_experts * expert + shared + router + gate;
-      active_ne += c.num_experts_per_tok * expert + shared + router + gate;
+      const double router = H * c.num_experts;
+      const double gate = c.shared_expert_intermediate_size > 0 && c.shared_expert_gate ? H : 0;
+      f.params_expert += c.num_experts * expert;
+      layer_total += c.num_experts * expert + shared + router + gate;
+      layer_active += c.num_experts_per_tok * expert + shared + router + gate;
+      layer_matmul += c.num_experts_per_tok * expert + shared + router + gate;
     } else {
-      total += 3 * H * c.intermediate_size;
-      active_ne += 3 * H * c.intermediate_size;
+      const double mlp = 3 * H * c.intermediate_size;
+      layer_total += mlp;
+      layer_active += mlp;
+      layer_matmul += mlp;
     }
+    total += layer_total;
+    active_ne += layer_active;
+    matmul += layer_matmul;
   }
   f.params_total = total;
+  f.params_embedding = embeddings;
   f.params_active_non_embedding = active_ne;
   f.params_active = active_ne + embeddings;
-  // The lm_head is a GEMM even when tied; the embedding lookup is not.
-  f.matmul_flops_per_token = 6 * (active_ne + V * H);
+  f.params_matmul_active = matmul;
+  f.matmul_flops_per_token = 6 * matmul;
   f.attention_flops_per_token = 6.0 * 2.0 * c.num_hidden_layers * static_cast<double>(seq) * qd;
   return f;
 }

@@ -11,11 +11,17 @@
 
 namespace moekit::train {
 
+// Parameters and training FLOPs of one model (docs/COST.md has the formulas).
 struct FlopCount {
   double params_total = 0;             // all parameters
   double params_active = 0;            // used per token (top-k experts + shared + dense)
   double params_active_non_embedding = 0;  // minus input embedding and lm_head (Qwen's convention)
-  double matmul_flops_per_token = 0;   // 6 * (active non-embedding + lm_head) params (fwd 2 + bwd 4)
+  double params_embedding = 0;         // input embedding + lm_head (one matrix when tied)
+  double params_expert = 0;            // routed experts of all layers: what expert parallelism splits
+  // Weights of the matrix products one token goes through: the active non-embedding ones minus
+  // norm scales and biases (elementwise work, < 0.01% of the FLOPs), plus the lm_head.
+  double params_matmul_active = 0;
+  double matmul_flops_per_token = 0;     // 6 * params_matmul_active (fwd 2 + bwd 4)
   double attention_flops_per_token = 0;  // 6 * 2 * layers * seq * q_dim (QK^T and PV, causal not halved)
   double train_flops_per_token() const { return matmul_flops_per_token + attention_flops_per_token; }
 };

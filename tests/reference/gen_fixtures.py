@@ -20,13 +20,11 @@ See tests/reference/README.md for the environment and the file contents.
 """
 
 import argparse
-import collections
 import copy
 import json
 import math
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import warnings
@@ -37,7 +35,9 @@ import torch.nn.functional as F
 import transformers
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from safetensors_util import save_safetensors
 
 GENERATOR = "tests/reference/gen_fixtures.py"
 SWITCH_AUX_COEF = 0.01   # aux_coef for loss_form "switch_z"
@@ -365,22 +365,6 @@ def save_hf(model, dtype, outdir):
         assert "model.safetensors" in produced and "config.json" in produced, produced
         for f in ("config.json", "model.safetensors"):
             shutil.copyfile(os.path.join(tmp, f), os.path.join(outdir, f))
-
-
-def save_safetensors(tensors, path, metadata):
-    """safetensors' save_file, then rewrite the header with the metadata keys sorted: the Rust writer emits
-    __metadata__ in hash-map order, which would make regenerated files differ byte-wise for no reason."""
-    save_file(tensors, path, metadata=metadata)
-    with open(path, "rb") as f:
-        blob = f.read()
-    n = struct.unpack("<Q", blob[:8])[0]
-    header = json.loads(blob[8:8 + n].decode("utf-8"), object_pairs_hook=collections.OrderedDict)
-    canon = collections.OrderedDict([("__metadata__", collections.OrderedDict(sorted(header.pop("__metadata__").items())))])
-    canon.update(header)   # tensor entries keep the writer's order and offsets
-    text = json.dumps(canon, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + blob[8 + n:])
 
 
 def assert_close(name, a, b, atol, rtol=0.0):

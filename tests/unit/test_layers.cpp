@@ -3,6 +3,7 @@
 // r, so dL/dy = r and every output element contributes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
 
 #include "kernels/attention.h"
@@ -157,13 +158,14 @@ TEST(LayerGrad, CrossEntropy) {
   EXPECT_NEAR(kernels::cross_entropy(nullptr, u.data(), &t0, 1, V, 1.f), std::log(9.0), 1e-6);
 }
 
-// A full MoE block (router, top-k, experts, shared expert with sigmoid gate) and the router
-// losses: gradients of CE-like probe + aux + z-loss against finite differences.
+// A full MoE block (router, top-k, experts, shared expert with sigmoid gate, or ungated as in
+// DeepSeekMoE) and the router losses: gradients of CE-like probe + aux + z-loss against finite
+// differences.
 struct MoeFixture {
   int64_t T = 7, D = 8, E = 5, K = 2, I = 6, Is = 10;
   std::vector<float> router, experts, s_gu, s_down, s_gate;
   std::vector<float> g_router, g_experts, g_s_gu, g_s_down, g_s_gate;
-  MoeFixture(bool norm_topk) : norm(norm_topk) {
+  MoeFixture(bool norm_topk, bool shared_gate) : norm(norm_topk), gated(shared_gate) {
     router = randn(E * D, 7, "router", 1.0f);
     experts = randn(E * 3 * I * D, 7, "experts", 0.3f);
     s_gu = randn(2 * Is * D, 7, "s_gu", 0.3f);
@@ -176,19 +178,19 @@ struct MoeFixture {
     g_s_down.assign(s_down.size(), 0.f);
     g_s_gate.assign(s_gate.size(), 0.f);
   }
-  bool norm;
+  bool norm, gated;
   moe::MoeLayer layer() {
     moe::MoeParams p{{router.data(), g_router.data()},
                      {experts.data(), g_experts.data()},
                      {s_gu.data(), g_s_gu.data()},
                      {s_down.data(), g_s_down.data()},
-                     {s_gate.data(), g_s_gate.data()}};
+                     gated ? model::Param{s_gate.data(), g_s_gate.data()} : model::Param{}};
     return moe::MoeLayer(p, {D, E, K, I, Is, norm});
   }
 };
 
-void moe_grad_check(bool norm_topk, bool use_switch) {
-  MoeFixture f(norm_topk);
+void moe_grad_check(bool norm_topk, bool use_switch, bool gated = true) {
+  MoeFixture f(norm_topk, gated);
   auto x = randn(f.T * f.D, 8, "x"), r = randn(f.T * f.D, 8, "r");
   std::vector<float> y(x.size()), dx(x.size());
   moe::MoeCache c;
@@ -222,11 +224,28 @@ void moe_grad_check(bool norm_topk, bool use_switch) {
   expect_grad_matches(loss, f.experts.data(), f.g_experts.data(), f.experts.size(), "moe experts", 1e-3, 2e-2, 96);
   expect_grad_matches(loss, f.s_gu.data(), f.g_s_gu.data(), f.s_gu.size(), "moe shared gate/up", 1e-3);
   expect_grad_matches(loss, f.s_down.data(), f.g_s_down.data(), f.s_down.size(), "moe shared down", 1e-3);
-  expect_grad_matches(loss, f.s_gate.data(), f.g_s_gate.data(), f.s_gate.size(), "moe shared gate", 1e-3);
+  if (gated) expect_grad_matches(loss, f.s_gate.data(), f.g_s_gate.data(), f.s_gate.size(), "moe shared gate", 1e-3);
+  else EXPECT_EQ(*std::max_element(f.g_s_gate.begin(), f.g_s_gate.end()), 0.f);  // never touched
 }
 
 TEST(LayerGrad, MoeBlockTopkUnnormalisedHfAux) { moe_grad_check(false, false); }
 TEST(LayerGrad, MoeBlockTopkNormalisedSwitchAux) { moe_grad_check(true, true); }
+TEST(LayerGrad, MoeBlockUngatedSharedExpert) { moe_grad_check(false, false, /*gated=*/false); }
+
+// Ungated vs gated on the same weights: the difference is exactly (1 - sigmoid(x . w_sg)) * shared(x).
+TEST(Moe, UngatedSharedExpertIsAddedWhole) {
+  MoeFixture gated(false, true), ungated(false, false);
+  const int64_t T = gated.T, D = gated.D;
+  auto x = randn(T * D, 9, "x");
+  std::vector<float> yg(T * D), yu(T * D);
+  moe::MoeCache cg, cu;
+  gated.layer().forward(yg.data(), &cg, x.data(), T);
+  ungated.layer().forward(yu.data(), &cu, x.data(), T);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < D; ++i)
+      EXPECT_NEAR(yu[t * D + i] - yg[t * D + i], (1.f - cg.s_gate[t]) * cg.s_out[t * D + i], 1e-5) << t << "," << i;
+  EXPECT_TRUE(cu.s_out.empty());  // nothing kept for a gate gradient
+}
 
 TEST(Moe, RouterSoftmaxThenTopk) {
   const int64_t T = 3, D = 4, E = 6, K = 2;

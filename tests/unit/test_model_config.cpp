@@ -11,6 +11,7 @@
 
 #include "config/model_config.h"
 #include "core/check.h"
+#include "test_util.h"
 
 namespace moekit::config {
 namespace {
@@ -18,28 +19,6 @@ namespace {
 namespace fs = std::filesystem;
 
 const std::string kModelsDir = std::string(MOEKIT_SOURCE_DIR) + "/configs/models";
-
-// Runs f, expects moekit::Error, returns its message ("" and a test failure otherwise).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected moekit::Error, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected moekit::Error, nothing was thrown";
-  return "";
-}
-
-#define EXPECT_ERROR_HAS(stmt, ...)                                        \
-  do {                                                                     \
-    const std::string msg_ = error_of([&] { stmt; });                      \
-    for (const char* part_ : {__VA_ARGS__})                                \
-      EXPECT_NE(msg_.find(part_), std::string::npos)                       \
-          << "message lacks '" << part_ << "': " << msg_;                  \
-  } while (0)
 
 ModelConfig from_yaml_text(const std::string& text, const std::string& where = "test.yaml") {
   return model_config_from_yaml(YAML::Load(text), where);
@@ -72,6 +51,7 @@ void expect_same(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.num_experts_per_tok, b.num_experts_per_tok);
   EXPECT_EQ(a.moe_intermediate_size, b.moe_intermediate_size);
   EXPECT_EQ(a.shared_expert_intermediate_size, b.shared_expert_intermediate_size);
+  EXPECT_EQ(a.shared_expert_gate, b.shared_expert_gate);
   EXPECT_EQ(a.norm_topk_prob, b.norm_topk_prob);
   EXPECT_EQ(a.decoder_sparse_step, b.decoder_sparse_step);
   EXPECT_EQ(a.mlp_only_layers, b.mlp_only_layers);
@@ -141,6 +121,24 @@ TEST(ModelConfig, Qwen15MoeA27bHasHfValues) {
   EXPECT_EQ(c.max_position_embeddings, 8192);
   EXPECT_EQ(c.torch_dtype, "bfloat16");
   EXPECT_EQ(c.num_sparse_layers(), 24);
+  EXPECT_TRUE(c.shared_expert_gate);
+}
+
+TEST(ModelConfig, DeepSeekMoe16bAsQwen2Moe) {
+  const ModelConfig c = load_model_config(kModelsDir + "/deepseek-moe-16b.yaml");
+  EXPECT_EQ(c.model_type, "qwen2_moe");
+  EXPECT_EQ(c.vocab_size, 102400);
+  EXPECT_EQ(c.num_hidden_layers, 28);
+  EXPECT_EQ(c.head_size(), 128);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_EQ(c.num_experts, 64);
+  EXPECT_EQ(c.num_experts_per_tok, 6);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 2 * 1408);
+  EXPECT_FALSE(c.shared_expert_gate);
+  EXPECT_FALSE(c.is_sparse_layer(0));  // first_k_dense_replace = 1
+  EXPECT_TRUE(c.is_sparse_layer(1));
+  EXPECT_EQ(c.num_sparse_layers(), 27);
+  EXPECT_EQ(c.intermediate_size, 10944);
 }
 
 TEST(ModelConfig, Qwen15DenseConfigsHaveHfValues) {
@@ -262,21 +260,21 @@ TEST(ModelConfig, ParsesHfQwen2MoeJsonWithHfDefaults) {
 }
 
 TEST(ModelConfig, HfJsonErrors) {
-  EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "llama", "hidden_size": 8})", "x.json"),
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "llama", "hidden_size": 8})", "x.json"),
                    "llama", "x.json");
-  EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
     "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 8})", "x.json"),
                    "hidden_size", "x.json");
-  EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
     "hidden_size": "big", "num_hidden_layers": 2, "num_attention_heads": 2,
     "intermediate_size": 8})", "x.json"), "hidden_size", "big", "x.json");
-  EXPECT_ERROR_HAS(model_config_from_hf_json("{not json", "bad.json"), "bad.json");
-  EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"hidden_size": 8})", "x.json"), "model_type");
-  EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json("{not json", "bad.json"), "bad.json");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"hidden_size": 8})", "x.json"), "model_type");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
     "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 8,
     "rope_scaling": {"type": "yarn", "factor": 4.0}})", "x.json"), "rope_scaling", "yarn");
   // validate() failures carry the file name too.
-  EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
     "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 3,
     "intermediate_size": 8})", "x.json"), "x.json", "num_attention_heads");
 }
@@ -317,7 +315,7 @@ TEST(ModelConfig, ParsesQwenV1Json) {
   EXPECT_EQ(d.head_dim, 32);
   EXPECT_EQ(d.max_position_embeddings, 512);
 
-  EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen", "hidden_size": 64,
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen", "hidden_size": 64,
     "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 256,
     "vocab_size": 100, "rotary_pct": 0.5})", "q.json"), "rotary_pct", "q.json");
 }
@@ -350,7 +348,16 @@ TEST(ModelConfig, HfJsonRoundTrip) {
     EXPECT_EQ(t.find("head_dim"), std::string::npos);
     expect_same(model_config_from_hf_json(t, "round-trip"), dense);
   }
-  for (const std::string name : {"qwen1.5-moe-a2.7b", "bench-moe"}) {
+  // The gate flag is not an HF field: absent while true (HF's config.json stays as is),
+  // written and read back when false.
+  EXPECT_EQ(text.find("shared_expert_gate"), std::string::npos);
+  ModelConfig ungated = tiny_moe();
+  ungated.shared_expert_gate = false;
+  const std::string ungated_text = model_config_to_hf_json(ungated);
+  EXPECT_NE(ungated_text.find("\"shared_expert_gate\": false"), std::string::npos);
+  expect_same(model_config_from_hf_json(ungated_text, "round-trip"), ungated);
+
+  for (const std::string name : {"qwen1.5-moe-a2.7b", "bench-moe", "deepseek-moe-16b"}) {
     SCOPED_TRACE(name);
     const ModelConfig c = load_model_config(kModelsDir + "/" + name + ".yaml");
     expect_same(model_config_from_hf_json(model_config_to_hf_json(c), "round-trip"), c);
@@ -370,42 +377,42 @@ TEST(ModelConfig, LoadsFromPathsOfEveryKind) {
                                              "num_attention_heads: 4\nnum_key_value_heads: 4\n");
   EXPECT_EQ(load_model_config(yml).hidden_size, 64);
 
-  EXPECT_ERROR_HAS(load_model_config((dir.path / "missing.yaml").string()), "missing.yaml");
+  MOEKIT_EXPECT_ERROR_HAS(load_model_config((dir.path / "missing.yaml").string()), "missing.yaml");
   fs::create_directories(dir.path / "empty_ckpt");
-  EXPECT_ERROR_HAS(load_model_config((dir.path / "empty_ckpt").string()), "empty_ckpt",
+  MOEKIT_EXPECT_ERROR_HAS(load_model_config((dir.path / "empty_ckpt").string()), "empty_ckpt",
                    "config.json");
   const std::string bad = dir.write("bad.yaml", "hidden_size: [1, 2\n");
-  EXPECT_ERROR_HAS(load_model_config(bad), "bad.yaml");
+  MOEKIT_EXPECT_ERROR_HAS(load_model_config(bad), "bad.yaml");
   const std::string txt = dir.write("m.txt", "hidden_size: 64\n");
-  EXPECT_ERROR_HAS(load_model_config(txt), "m.txt");
+  MOEKIT_EXPECT_ERROR_HAS(load_model_config(txt), "m.txt");
 }
 
 // ---- YAML errors -----------------------------------------------------------------------------
 
 TEST(ModelConfig, YamlUnknownKeyIsNamed) {
-  EXPECT_ERROR_HAS(from_yaml_text("hidden_size: 64\nnum_expert: 8\n", "cfg.yaml"), "num_expert",
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("hidden_size: 64\nnum_expert: 8\n", "cfg.yaml"), "num_expert",
                    "cfg.yaml");
 }
 
 TEST(ModelConfig, YamlWrongTypesAreNamed) {
-  EXPECT_ERROR_HAS(from_yaml_text("hidden_size: abc\n", "cfg.yaml"), "hidden_size", "abc",
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("hidden_size: abc\n", "cfg.yaml"), "hidden_size", "abc",
                    "cfg.yaml");
-  EXPECT_ERROR_HAS(from_yaml_text("hidden_size: 64.5\n", "cfg.yaml"), "hidden_size", "64.5");
-  EXPECT_ERROR_HAS(from_yaml_text("rope_theta: fast\n", "cfg.yaml"), "rope_theta", "fast");
-  EXPECT_ERROR_HAS(from_yaml_text("tie_word_embeddings: maybe\n", "cfg.yaml"),
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("hidden_size: 64.5\n", "cfg.yaml"), "hidden_size", "64.5");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("rope_theta: fast\n", "cfg.yaml"), "rope_theta", "fast");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("tie_word_embeddings: maybe\n", "cfg.yaml"),
                    "tie_word_embeddings", "maybe");
-  EXPECT_ERROR_HAS(from_yaml_text("mlp_only_layers: 3\n", "cfg.yaml"), "mlp_only_layers");
-  EXPECT_ERROR_HAS(from_yaml_text("mlp_only_layers: [1, x]\n", "cfg.yaml"), "mlp_only_layers", "x");
-  EXPECT_ERROR_HAS(from_yaml_text("hidden_size: [64]\n", "cfg.yaml"), "hidden_size");
-  EXPECT_ERROR_HAS(from_yaml_text("hidden_size:\n", "cfg.yaml"), "hidden_size");
-  EXPECT_ERROR_HAS(from_yaml_text("hidden_size: 64\nhidden_size: 32\n", "cfg.yaml"),
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("mlp_only_layers: 3\n", "cfg.yaml"), "mlp_only_layers");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("mlp_only_layers: [1, x]\n", "cfg.yaml"), "mlp_only_layers", "x");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("hidden_size: [64]\n", "cfg.yaml"), "hidden_size");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("hidden_size:\n", "cfg.yaml"), "hidden_size");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("hidden_size: 64\nhidden_size: 32\n", "cfg.yaml"),
                    "hidden_size", "twice");
-  EXPECT_ERROR_HAS(from_yaml_text("- 1\n- 2\n", "cfg.yaml"), "cfg.yaml");
-  EXPECT_ERROR_HAS(from_yaml_text("", "cfg.yaml"), "cfg.yaml");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("- 1\n- 2\n", "cfg.yaml"), "cfg.yaml");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("", "cfg.yaml"), "cfg.yaml");
 }
 
 TEST(ModelConfig, YamlValidateErrorNamesFile) {
-  EXPECT_ERROR_HAS(from_yaml_text("hidden_size: 65\n", "cfg.yaml"), "cfg.yaml", "hidden_size");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("hidden_size: 65\n", "cfg.yaml"), "cfg.yaml", "hidden_size");
 }
 
 // ---- validate() rules --------------------------------------------------------------------------
@@ -415,7 +422,7 @@ void expect_invalid(ModelConfig base, const std::function<void(ModelConfig&)>& e
                     std::initializer_list<const char*> parts) {
   base.validate();  // the starting point itself is valid
   edit(base);
-  const std::string msg = error_of([&] { base.validate(); });
+  const std::string msg = test::error_of([&] { base.validate(); });
   for (const char* p : parts)
     EXPECT_NE(msg.find(p), std::string::npos) << "message lacks '" << p << "': " << msg;
 }
@@ -481,6 +488,10 @@ TEST(ModelConfig, ValidateRejectsBadMoeFields) {
                  {"mlp_only_layers", "1", "twice"});
   expect_invalid(m, [](ModelConfig& c) { c.router_aux_loss_coef = -0.1; },
                  {"router_aux_loss_coef"});
+  expect_invalid(m, [](ModelConfig& c) {
+    c.shared_expert_intermediate_size = 0;
+    c.shared_expert_gate = false;
+  }, {"shared_expert_gate", "shared_expert_intermediate_size"});
   // No shared expert is allowed.
   ModelConfig no_shared = m;
   no_shared.shared_expert_intermediate_size = 0;
@@ -553,13 +564,13 @@ TEST(ModelConfig, SetOverridesFieldsWithTypeChecks) {
   model_config_set(&c, "mlp_only_layers", "[]");
   EXPECT_TRUE(c.mlp_only_layers.empty());
 
-  EXPECT_ERROR_HAS(model_config_set(&c, "hiden_size", "1"), "hiden_size");
-  EXPECT_ERROR_HAS(model_config_set(&c, "hidden_size", "abc"), "hidden_size", "abc");
-  EXPECT_ERROR_HAS(model_config_set(&c, "num_experts", "8.5"), "num_experts", "8.5");
-  EXPECT_ERROR_HAS(model_config_set(&c, "rms_norm_eps", "tiny"), "rms_norm_eps", "tiny");
-  EXPECT_ERROR_HAS(model_config_set(&c, "norm_topk_prob", "2"), "norm_topk_prob", "2");
-  EXPECT_ERROR_HAS(model_config_set(&c, "mlp_only_layers", "[1,a]"), "mlp_only_layers", "[1,a]");
-  EXPECT_ERROR_HAS(model_config_set(&c, "mlp_only_layers", "1,"), "mlp_only_layers");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "hiden_size", "1"), "hiden_size");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "hidden_size", "abc"), "hidden_size", "abc");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "num_experts", "8.5"), "num_experts", "8.5");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "rms_norm_eps", "tiny"), "rms_norm_eps", "tiny");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "norm_topk_prob", "2"), "norm_topk_prob", "2");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "mlp_only_layers", "[1,a]"), "mlp_only_layers", "[1,a]");
+  MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "mlp_only_layers", "1,"), "mlp_only_layers");
   EXPECT_EQ(c.hidden_size, 128);  // failed overrides leave the field alone
 }
 

@@ -10,6 +10,7 @@
 
 #include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/safetensors.h"
+#include "core/check.h"
 #include "test_util.h"
 
 namespace moekit {
@@ -88,6 +89,25 @@ TEST(HfParity, MoeSparseStepSwitchAndZLoss) { check_case("moe_sparse_step2"); }
 TEST(HfParity, MoeBf16OnDisk) { check_case("moe_bf16"); }
 TEST(HfParity, DenseF16OnDisk) { check_case("dense_f16"); }
 TEST(HfParity, QwenV1LayoutMapsOntoQwen2) { check_case("qwen_v1", /*grads=*/false); }
+
+// DeepSeekMoE-style ungated shared experts: the model builds without the gate parameter, but
+// no HF Qwen2-MoE checkpoint can express it, so export refuses (and writes nothing).
+TEST(HfParity, UngatedSharedExpertHasNoHfExport) {
+  config::ModelConfig cfg = config::load_model_config(std::string(MOEKIT_SOURCE_DIR) + "/configs/models/tiny-moe.yaml");
+  cfg.shared_expert_gate = false;
+  model::Model m(cfg);
+  EXPECT_FALSE(m.params().has("model.layers.0.mlp.shared_expert_gate.weight"));
+  EXPECT_TRUE(m.params().has("model.layers.0.mlp.shared_expert.down_proj.weight"));
+  const std::string out = (std::filesystem::temp_directory_path() / "moekit_ungated_export").string();
+  std::filesystem::remove_all(out);
+  try {
+    checkpoint::save_hf_model(m, out, DType::kF32);
+    ADD_FAILURE() << "export of an ungated shared expert did not fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("shared_expert_gate"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
 
 }  // namespace
 }  // namespace moekit

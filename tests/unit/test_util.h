@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "core/rng.h"
 
 namespace moekit::test {
@@ -50,4 +51,28 @@ inline double rel_err(const float* a, const float* b, size_t n, double floor = 1
   return diff / mag;
 }
 
+// Runs f, expects moekit::Error, returns its message ("" and a test failure otherwise).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected moekit::Error, got another exception: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected moekit::Error, nothing was thrown";
+  return "";
+}
+
 }  // namespace moekit::test
+
+// MOEKIT_EXPECT_ERROR_HAS(statement, "part", ...): the statement throws moekit::Error whose
+// message contains every part.
+#define MOEKIT_EXPECT_ERROR_HAS(stmt, ...)                              \
+  do {                                                                  \
+    const std::string msg_ = ::moekit::test::error_of([&] { stmt; });   \
+    for (const char* part_ : {__VA_ARGS__})                             \
+      EXPECT_NE(msg_.find(part_), std::string::npos)                    \
+          << "message lacks '" << part_ << "': " << msg_;               \
+  } while (0)

@@ -1,0 +1,36 @@
+// moekit export: an HDF5 training checkpoint -> an HF directory (config.json,
+// generation_config.json, safetensors shards), as the upcycler writes them.
+#include "checkpoint/hf_checkpoint.h"
+#include "cli/commands.h"
+#include "core/log.h"
+#include "train/model_io.h"
+
+namespace moekit::cli {
+
+void add_export_command(CLI::App& root, std::vector<Command>* out) {
+  struct Opts {
+    std::string checkpoint, out, dtype = "bf16";
+    double max_shard_gb = 5.0;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* app = root.add_subcommand(
+      "export", "Export a training checkpoint (fp32 master weights) as an HF directory that transformers loads");
+  app->add_option("--checkpoint", o->checkpoint,
+                  "RUN_DIR/checkpoints/step_N, or a run directory (its latest checkpoint)")
+      ->required();
+  app->add_option("--out", o->out, "Output HF directory (must not exist)")->required();
+  app->add_option("--dtype", o->dtype, "Weights on disk: bf16 (default), fp16 or fp32")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  app->add_option("--max-shard-gb", o->max_shard_gb, "Largest safetensors shard in GB (default 5)");
+  out->push_back({app, [o]() {
+                    int64_t step = 0;
+                    const auto m = train::load_checkpoint_model(o->checkpoint, &step);
+                    const DType dt = o->dtype == "fp32" ? DType::kF32 : o->dtype == "fp16" ? DType::kF16 : DType::kBF16;
+                    MOEKIT_CHECK(o->max_shard_gb > 0, "--max-shard-gb must be > 0");
+                    checkpoint::save_hf_model(*m, o->out, dt, static_cast<uint64_t>(o->max_shard_gb * 1e9));
+                    log_info("export: ", o->checkpoint, " (step ", step, ") -> ", o->out, " (", o->dtype, ")");
+                    return 0;
+                  }});
+}
+
+}  // namespace moekit::cli

@@ -1,0 +1,41 @@
+// The training loop of `moekit train` (DESIGN.md sections 4 and 11): data -> model -> loss ->
+// backward -> clip -> AdamW -> schedule -> log -> evaluate -> checkpoint, with exact resume.
+//
+// Run directory layout (written by rank 0):
+//   RUN_DIR/config.resolved.yaml   every key with its resolved value
+//   RUN_DIR/metrics.jsonl          one JSON object per step (step, loss, aux_loss, lr, ...)
+//   RUN_DIR/eval.jsonl             one JSON object per evaluation (step, loss, ppl, tokens)
+//   RUN_DIR/expert_load.jsonl      per MoE layer and logged step: token fractions per expert
+//   RUN_DIR/tb/events.out.tfevents.*   TensorBoard scalars
+//   RUN_DIR/checkpoints/step_N/    HDF5 training checkpoints (checkpoint/train_checkpoint.h)
+//   RUN_DIR/summary.json           totals at the end (tokens, FLOPs, wall time, losses)
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "config/run_config.h"
+
+namespace moekit::train {
+
+struct TrainSummary {
+  int64_t steps = 0;            // steps completed (global)
+  int64_t tokens = 0;           // training tokens consumed
+  double final_loss = 0;        // CE of the last step
+  double eval_loss = 0;         // last evaluation (NaN when none)
+  double wall_seconds = 0;      // accumulated over resumed segments
+  double train_flops = 0;       // tokens x training FLOPs per token
+  int64_t skipped_steps = 0;    // non-finite steps skipped
+  bool interrupted = false;     // stopped by SIGTERM/SIGINT after checkpointing
+  int stop_signal = 0;          // which signal
+  std::string last_checkpoint;  // directory of the last committed checkpoint
+};
+
+// Environment knobs for fault-injection tests (never set in normal runs):
+//   MOEKIT_DEBUG_NAN_STEP=K   the loss of step K is replaced by NaN (exercises the NaN policy)
+//   MOEKIT_DEBUG_KILL_STEP=K  the process SIGKILLs itself after step K's update (crash test)
+//   MOEKIT_DEBUG_SIGNAL_STEP=K  raises SIGTERM after step K (preemption test)
+TrainSummary run_training(const config::RunConfig& cfg);
+
+}  // namespace moekit::train
