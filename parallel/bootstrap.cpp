@@ -106,9 +106,12 @@ int run_or_abort(const std::function<int()>& fn) {
   try {
     return fn();
   } catch (const std::exception& e) {
+    int init = 0, finalized = 0, size = 1;
+    MPI_Initialized(&init);
+    MPI_Finalized(&finalized);
+    if (init && !finalized) MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size == 1) throw;  // one process: main() reports it as usual
     what = e.what();
-  } catch (...) {
-    what = "unknown exception";
   }
   abort_job(1, what);
 }

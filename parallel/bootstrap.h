@@ -60,9 +60,9 @@ std::unique_ptr<ParallelContext> make_parallel_context(std::unique_ptr<Communica
 // Over MPI_COMM_WORLD when MPI is initialised, otherwise a single-process context.
 std::unique_ptr<ParallelContext> make_parallel_context(int ep);
 
-// Runs fn(); on an exception prints it with the rank and aborts the whole job (MPI_Abort when
-// MPI runs, exit otherwise) so that no other rank waits forever in a collective. Returns fn's
-// exit code otherwise.
+// Runs fn(); on an exception in a job of several ranks prints it with the rank and aborts the
+// whole job (MPI_Abort), so that no other rank waits forever in a collective. In a single
+// process the exception propagates (main() prints it and exits 1). Returns fn's exit code.
 int run_or_abort(const std::function<int()>& fn);
 
 }  // namespace moekit::parallel

@@ -142,12 +142,13 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   } catch (const Error& e) {
     MOEKIT_FAIL(path, ": model '", c.model, "': ", e.what());
   }
-  c.validate();
+  c.validate(0);  // the world size is known only to the trainer, which validates again
   return c;
 }
 
-void RunConfig::validate(int world) const {
+void RunConfig::validate(int world_size) const {
   const std::string& w = source;
+  const int64_t world = world_size > 0 ? world_size : 1;
   MOEKIT_CHECK(!run_dir.empty(), w, ": run_dir must not be empty");
   MOEKIT_CHECK(train.steps > 0, w, ": train.steps must be > 0, got ", train.steps);
   MOEKIT_CHECK(train.seq_len > 1, w, ": train.seq_len must be > 1, got ", train.seq_len);
@@ -173,7 +174,7 @@ void RunConfig::validate(int world) const {
   MOEKIT_CHECK(parallel.ep >= 1, w, ": parallel.ep must be >= 1, got ", parallel.ep);
   MOEKIT_CHECK(!model_config.is_moe() || model_config.num_experts % parallel.ep == 0, w, ": num_experts ",
                model_config.num_experts, " is not divisible by parallel.ep ", parallel.ep);
-  MOEKIT_CHECK(world % parallel.ep == 0, w, ": world size ", world, " is not divisible by parallel.ep ", parallel.ep);
+  MOEKIT_CHECK(world_size <= 0 || world % parallel.ep == 0, w, ": world size ", world, " is not divisible by parallel.ep ", parallel.ep);
   MOEKIT_CHECK(resume == "none" || resume == "auto" || !resume.empty(), w, ": resume must be none, auto or a path");
 }
 

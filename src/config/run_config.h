@@ -65,7 +65,8 @@ struct RunConfig {
   ParallelSection parallel;
   std::string optim_yaml = "{}";  // the optim: section, parsed by optim::OptimConfig
 
-  // Errors name the field and the values involved (world = number of ranks).
+  // Errors name the field and the values involved (world = number of ranks; 0 = not known yet:
+  // the checks that involve it use 1 for the batch and skip world % ep).
   void validate(int world = 1) const;
 };
 
