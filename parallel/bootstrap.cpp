@@ -25,7 +25,9 @@ bool env_int(const char* name, int* out) {
 
 }  // namespace
 
-LaunchInfo detect_launch() {
+namespace {
+
+LaunchInfo detect_launch_from_env() {
   LaunchInfo li;
   // Open MPI's mpirun (and its PMIx direct launch) first, then generic PMI, then Slurm.
   if (env_int("OMPI_COMM_WORLD_RANK", &li.rank) && env_int("OMPI_COMM_WORLD_SIZE", &li.world)) {
@@ -51,6 +53,15 @@ LaunchInfo detect_launch() {
     env_int("SLURM_LOCALID", &li.local_rank);
     return li;
   }
+  return li;
+}
+
+}  // namespace
+
+// Read once, before MPI_Init: MPI's own start-up (a singleton's PMIx server) sets variables of
+// its own that would otherwise be mistaken for a launcher.
+LaunchInfo detect_launch() {
+  static const LaunchInfo li = detect_launch_from_env();
   return li;
 }
 
@@ -94,9 +105,16 @@ std::unique_ptr<ParallelContext> make_parallel_context(std::unique_ptr<Communica
 }
 
 std::unique_ptr<ParallelContext> make_parallel_context(int ep) {
-  int init = 0, finalized = 0;
+  int init = 0, finalized = 0, size = 1;
   MPI_Initialized(&init);
   MPI_Finalized(&finalized);
+  if (init && !finalized) MPI_Comm_size(MPI_COMM_WORLD, &size);
+  // A launcher that started N tasks which each see a world of one (srun without a PMI plugin
+  // matching the MPI library) would run N independent trainings into the same run directory.
+  const LaunchInfo li = detect_launch();
+  MOEKIT_CHECK(li.world <= 1 || size == li.world, "the launcher (", li.launcher, ") started this process as rank ",
+               li.rank, " of ", li.world, " but MPI sees a world of ", size,
+               "; with srun pass --mpi=pmix (see `srun --mpi=list`), or run mpirun inside the allocation");
   if (init && !finalized) return make_parallel_context(MpiCommunicator::world(), ep);
   return make_parallel_context(std::make_unique<LocalCommunicator>("world"), ep);
 }
