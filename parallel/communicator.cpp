@@ -70,6 +70,15 @@ void LocalCommunicator::all_gather(void* out, const void* in, int64_t count, Dat
   if (bytes) std::memmove(out, in, bytes);
 }
 
+void LocalCommunicator::reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type,
+                                         ReduceOp op) {
+  reduce_scatter(out, in, counts[0], type, op);
+}
+
+void LocalCommunicator::all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) {
+  all_gather(out, in, counts[0], type);
+}
+
 void LocalCommunicator::all_to_all(void* out, const void* in, int64_t count, DataType type) {
   MOEKIT_CHECK(count >= 0, "all_to_all: negative count ", count);
   const size_t bytes = static_cast<size_t>(count) * data_type_size(type);

@@ -69,6 +69,12 @@ class Communicator {
   virtual void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) = 0;
   // out (size() * count) <- in (count) of every rank, in rank order.
   virtual void all_gather(void* out, const void* in, int64_t count, DataType type) = 0;
+  // Uneven forms over consecutive blocks (block r = counts[r] elements, after blocks 0..r-1),
+  // as ZeRO-1 needs for row-aligned shards. counts has size() entries, the same on every rank.
+  // out (counts[rank]) <- op over the group of block `rank` of in (sum(counts) elements).
+  virtual void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) = 0;
+  // out (sum(counts)) <- block r from rank r's in (counts[r] elements).
+  virtual void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) = 0;
   // out (size() * count) <- block r of every rank's in (size() * count) goes to rank r.
   virtual void all_to_all(void* out, const void* in, int64_t count, DataType type) = 0;
   // This rank sends units [send_displs[r], send_displs[r] + send_counts[r]) of
@@ -126,6 +132,8 @@ class LocalCommunicator final : public Communicator {
   void all_reduce(void* data, int64_t count, DataType type, ReduceOp op) override;
   void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) override;
   void all_gather(void* out, const void* in, int64_t count, DataType type) override;
+  void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override;
+  void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override;
   void all_to_all(void* out, const void* in, int64_t count, DataType type) override;
   void all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
                     const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) override;

@@ -110,6 +110,31 @@ void MpiCommunicator::all_gather(void* out, const void* in, int64_t count, DataT
   MPI_Allgather(in, n, mpi_type(type), out, n, mpi_type(type), comm_);
 }
 
+void MpiCommunicator::reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type,
+                                       ReduceOp op) {
+  check_avg_type(op, type, "reduce_scatter_v");
+  std::vector<int> c(size_);
+  int64_t total = 0;
+  for (int r = 0; r < size_; ++r) total += (c[r] = checked_int(counts[r], *this, "reduce_scatter_v"));
+  stats_.reduce_scatter_bytes += total * static_cast<int64_t>(data_type_size(type));
+  ++stats_.calls;
+  MPI_Reduce_scatter(in, out, c.data(), mpi_type(type), mpi_op(op), comm_);
+  if (op == ReduceOp::kAvg && size_ > 1) divide(out, counts[rank_], type, size_);
+}
+
+void MpiCommunicator::all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) {
+  std::vector<int> c(size_), d(size_);
+  int64_t total = 0;
+  for (int r = 0; r < size_; ++r) {
+    c[r] = checked_int(counts[r], *this, "all_gather_v");
+    d[r] = checked_int(total, *this, "all_gather_v displacement");
+    total += c[r];
+  }
+  stats_.all_gather_bytes += counts[rank_] * static_cast<int64_t>(data_type_size(type));
+  ++stats_.calls;
+  MPI_Allgatherv(in, c[rank_], mpi_type(type), out, c.data(), d.data(), mpi_type(type), comm_);
+}
+
 void MpiCommunicator::all_to_all(void* out, const void* in, int64_t count, DataType type) {
   const int n = checked_int(count, *this, "all_to_all");
   stats_.all_to_all_bytes += count * (size_ - 1) * static_cast<int64_t>(data_type_size(type));

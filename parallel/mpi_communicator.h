@@ -36,6 +36,8 @@ class MpiCommunicator final : public Communicator {
   void all_reduce(void* data, int64_t count, DataType type, ReduceOp op) override;
   void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) override;
   void all_gather(void* out, const void* in, int64_t count, DataType type) override;
+  void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override;
+  void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override;
   void all_to_all(void* out, const void* in, int64_t count, DataType type) override;
   void all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
                     const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) override;

@@ -85,6 +85,38 @@ class NcclCommunicator final : public Communicator {
     MOEKIT_NCCL(ncclAllGather(in, out, count, nccl_type(type), comm_, stream_));
     wait();
   }
+  // NCCL's reduce-scatter and all-gather need equal blocks: the uneven forms are one grouped
+  // reduce (resp. broadcast) per block, rooted at the block's owner.
+  void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override {
+    const int64_t es = static_cast<int64_t>(data_type_size(type));
+    int64_t at = 0;
+    ++stats_.calls;
+    MOEKIT_NCCL(ncclGroupStart());
+    for (int r = 0; r < size_; ++r) {
+      stats_.reduce_scatter_bytes += counts[r] * es;
+      if (counts[r] > 0)
+        MOEKIT_NCCL(ncclReduce(static_cast<const char*>(in) + at * es, r == rank_ ? out : nullptr, counts[r],
+                               nccl_type(type), nccl_op(op, type), r, comm_, stream_));
+      at += counts[r];
+    }
+    MOEKIT_NCCL(ncclGroupEnd());
+    wait();
+  }
+  void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override {
+    const int64_t es = static_cast<int64_t>(data_type_size(type));
+    int64_t at = 0;
+    stats_.all_gather_bytes += counts[rank_] * es;
+    ++stats_.calls;
+    MOEKIT_NCCL(ncclGroupStart());
+    for (int r = 0; r < size_; ++r) {
+      if (counts[r] > 0)
+        MOEKIT_NCCL(ncclBroadcast(r == rank_ ? in : nullptr, static_cast<char*>(out) + at * es, counts[r],
+                                  nccl_type(type), r, comm_, stream_));
+      at += counts[r];
+    }
+    MOEKIT_NCCL(ncclGroupEnd());
+    wait();
+  }
   void all_to_all(void* out, const void* in, int64_t count, DataType type) override {
     std::vector<int64_t> counts(size_, count), displs(size_);
     for (int p = 0; p < size_; ++p) displs[p] = p * count;

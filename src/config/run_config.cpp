@@ -130,6 +130,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
 
   Section par(top.child("parallel"), "parallel", path);
   par.get("ep", &c.parallel.ep);
+  par.get("zero1", &c.parallel.zero1);
   par.finish();
 
   YAML::Node optim = top.child("optim");
@@ -210,7 +211,8 @@ std::string run_config_to_yaml(const RunConfig& c) {
   e << YAML::Key << "every" << YAML::Value << c.checkpoint.every;
   e << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
-  e << YAML::Key << "ep" << YAML::Value << c.parallel.ep << YAML::EndMap;
+  e << YAML::Key << "ep" << YAML::Value << c.parallel.ep;
+  e << YAML::Key << "zero1" << YAML::Value << c.parallel.zero1 << YAML::EndMap;
   e << YAML::Key << "optim" << YAML::Value << YAML::Load(c.optim_yaml);
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";

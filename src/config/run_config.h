@@ -47,7 +47,8 @@ struct CheckpointSection {
 };
 
 struct ParallelSection {
-  int64_t ep = 1;
+  int64_t ep = 1;      // expert-parallel ranks per group (world = ep x edp)
+  bool zero1 = false;  // shard the optimizer state over the ranks replicating each parameter
 };
 
 struct RunConfig {

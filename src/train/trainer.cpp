@@ -32,6 +32,7 @@
 #include "model/model.h"
 #include "optim/optim.h"
 #include "parallel/grad_sync.h"
+#include "parallel/zero1.h"
 #include "train/metrics.h"
 #include "train/tfevents.h"
 
@@ -150,6 +151,11 @@ class Trainer {
   json meta_json() const;
   bool rank0() const { return ctx_.topo.rank() == 0; }
   bool owns_in_checkpoint(const model::ParamSpec& s) const;
+  // What optimizer tensor i is: rows [row_begin, row_begin + rows) of spec `spec` (rows -1: all).
+  struct OptSlice {
+    size_t spec;
+    int64_t row_begin, rows;
+  };
   parallel::GradArenas grad_arenas();
 
   config::RunConfig cfg_;
@@ -160,6 +166,9 @@ class Trainer {
   std::unique_ptr<model::Model> model_;
   std::unique_ptr<data::Loader> loader_;
   std::unique_ptr<optim::AdamW> opt_;
+  std::vector<optim::TensorRef> all_refs_;  // every local tensor (opt_ may hold only slices)
+  std::vector<OptSlice> opt_slices_;        // parallel to opt_->tensors()
+  std::unique_ptr<parallel::Zero1> zero_;   // set when parallel.zero1
   std::unique_ptr<optim::LossScaler> scaler_;
   optim::OptimConfig ocfg_;
   std::unique_ptr<JsonlWriter> metrics_, evals_, load_log_;
@@ -223,12 +232,38 @@ void Trainer::init_weights() {
   } else {
     model_->params().init(cfg_.seed, mc_.initializer_range);
   }
+  auto& P = model_->params();
+  const auto& specs = P.specs();
+  all_refs_.clear();
+  for (const auto& s : specs) {
+    model::Param p = P.get(s.name);
+    all_refs_.push_back({s.name, p.w, p.g, s.numel()});
+  }
+  // The optimizer updates whole tensors, or with ZeRO-1 this rank's row slices of them.
   std::vector<optim::TensorRef> refs;
-  for (const auto& s : model_->params().specs()) {
-    model::Param p = model_->params().get(s.name);
-    refs.push_back({s.name, p.w, p.g, s.numel()});
+  opt_slices_.clear();
+  if (!cfg_.parallel.zero1) {
+    refs = all_refs_;
+    for (size_t i = 0; i < specs.size(); ++i) opt_slices_.push_back({i, 0, -1});
+  } else {
+    std::vector<parallel::ArenaTensor> arena[2];
+    std::vector<size_t> spec_of[2];
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const auto& s = specs[i];
+      arena[s.expert].push_back({s.name, s.offset, s.numel(), s.shape.empty() ? 1 : s.shape[0]});
+      spec_of[s.expert].push_back(i);
+    }
+    zero_ = std::make_unique<parallel::Zero1>(arena[0], P.numel(false), arena[1], P.numel(true), ctx_);
+    for (int e = 0; e < 2; ++e)
+      for (const auto& sl : e ? zero_->expert_slices() : zero_->dense_slices()) {
+        const size_t i = spec_of[e][sl.tensor];
+        refs.push_back({specs[i].name, P.values(e) + sl.offset, P.grads(e) + sl.offset, sl.numel});
+        opt_slices_.push_back({i, sl.row_begin, sl.rows});
+      }
   }
   opt_ = std::make_unique<optim::AdamW>(ocfg_, std::move(refs));
+  // Mixed precision rounds the weights the optimizer owns: every replica takes the owners' copy.
+  if (zero_) zero_->gather_weights(P.values(false), P.values(true));
   scaler_ = std::make_unique<optim::LossScaler>(ocfg_);
 }
 
@@ -246,6 +281,7 @@ json Trainer::meta_json() const {
   m["seed"] = cfg_.seed;
   m["layout"] = {{"world", ctx_.topo.world()}, {"ep", ctx_.topo.ep()}};
   m["world_size"] = ctx_.topo.world();  // commit_checkpoint then requires every rank's file
+  m["zero1"] = cfg_.parallel.zero1;
   m["model_config"] = json::parse(config::model_config_to_hf_json(mc_));
   m["precision"] = ocfg_.precision == optim::Precision::kFp32 ? "fp32"
                    : ocfg_.precision == optim::Precision::kBf16 ? "bf16" : "fp16";
@@ -269,11 +305,23 @@ void Trainer::save_checkpoint() {
     if (!rank0())
       w = std::make_unique<checkpoint::TrainCheckpointWriter>(ckpt_dir_, step_, ctx_.topo.rank(), false);
     const auto& specs = model_->params().specs();
-    for (size_t i = 0; i < specs.size(); ++i) {
-      if (!owns_in_checkpoint(specs[i])) continue;
-      w->write("master", specs[i].name, specs[i].shape, opt_->master(i));
-      w->write("exp_avg", specs[i].name, specs[i].shape, opt_->exp_avg(i));
-      w->write("exp_avg_sq", specs[i].name, specs[i].shape, opt_->exp_avg_sq(i));
+    for (size_t i = 0; i < opt_slices_.size(); ++i) {
+      const OptSlice& sl = opt_slices_[i];
+      const model::ParamSpec& spec = specs[sl.spec];
+      if (sl.rows < 0) {  // a whole tensor, replicated: one owner writes it
+        if (!owns_in_checkpoint(spec)) continue;
+        w->write("master", spec.name, spec.shape, opt_->master(i));
+        w->write("exp_avg", spec.name, spec.shape, opt_->exp_avg(i));
+        w->write("exp_avg_sq", spec.name, spec.shape, opt_->exp_avg_sq(i));
+        continue;
+      }
+      // ZeRO-1: this rank's rows; the shards of the replicas partition every tensor.
+      Shape piece = spec.shape.empty() ? Shape{1} : spec.shape;
+      const int64_t full_rows = piece[0];
+      piece[0] = sl.rows;
+      w->write("master", spec.name, piece, opt_->master(i), sl.row_begin, full_rows);
+      w->write("exp_avg", spec.name, piece, opt_->exp_avg(i), sl.row_begin, full_rows);
+      w->write("exp_avg_sq", spec.name, piece, opt_->exp_avg_sq(i), sl.row_begin, full_rows);
     }
     w->close();
   }
@@ -305,19 +353,23 @@ void Trainer::resume() {
   }
   checkpoint::TrainCheckpointReader r(dir);
   const json& m = r.meta();
+  // Tensors by HF name whatever layout wrote them: each rank reads its tensors (its experts
+  // only), or with ZeRO-1 only the rows of its shard.
   const auto& specs = model_->params().specs();
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const std::string& n = specs[i].name;
+  for (size_t i = 0; i < opt_slices_.size(); ++i) {
+    const OptSlice& sl = opt_slices_[i];
+    const std::string& n = specs[sl.spec].name;
     MOEKIT_CHECK(r.has("master", n), "resume: checkpoint ", dir, " has no tensor '", n,
                  "' (was it written for another model?)");
-    MOEKIT_CHECK(r.shape("master", n) == specs[i].shape, "resume: tensor '", n, "' in ", dir, " has shape ",
-                 shape_str(r.shape("master", n)), ", the model expects ", shape_str(specs[i].shape));
-    r.read("master", n, opt_->master(i));
-    r.read("exp_avg", n, opt_->exp_avg(i));
-    r.read("exp_avg_sq", n, opt_->exp_avg_sq(i));
+    MOEKIT_CHECK(r.shape("master", n) == specs[sl.spec].shape, "resume: tensor '", n, "' in ", dir, " has shape ",
+                 shape_str(r.shape("master", n)), ", the model expects ", shape_str(specs[sl.spec].shape));
+    r.read("master", n, opt_->master(i), sl.row_begin, sl.rows);
+    r.read("exp_avg", n, opt_->exp_avg(i), sl.row_begin, sl.rows);
+    r.read("exp_avg_sq", n, opt_->exp_avg_sq(i), sl.row_begin, sl.rows);
   }
   try {
     opt_->restore(m.at("optimizer_steps").get<int64_t>());
+    if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
     loader_->restore(data::LoaderState::from_json(m.at("loader")));
     scaler_->restore(m.at("loss_scale").get<double>(), m.at("loss_scale_good_steps").get<int64_t>());
     step_ = m.at("step").get<int64_t>();
@@ -372,7 +424,7 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   }
   if (step_ == nan_step_) r.loss = std::numeric_limits<double>::quiet_NaN();
 
-  const auto& refs = opt_->tensors();
+  const auto& refs = all_refs_;
   // Micro-batch losses are means over equal token counts: average their gradients.
   float gscale = 1.0f / static_cast<float>(n_micro_);
   bool overflow = false;
@@ -389,11 +441,15 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
     gscale = 1.0f;
   }
   if (gscale != 1.0f) optim::scale_grads(refs, gscale);
-  if (ctx_.distributed()) {
+  if (ctx_.distributed())
     overflow = ctx_.world->all_reduce_value<int32_t>(overflow ? 1 : 0, parallel::ReduceOp::kMax) != 0;
+  if (zero_) {
+    zero_->reduce_gradients(grad_arenas());
+    r.grad_norm = zero_->grad_norm(grad_arenas());
+  } else {
     parallel::sync_gradients(grad_arenas(), ctx_);
+    r.grad_norm = parallel::global_grad_norm(grad_arenas(), ctx_);
   }
-  r.grad_norm = parallel::global_grad_norm(grad_arenas(), ctx_);
   const bool finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm) && !overflow;
   if (ocfg_.precision == optim::Precision::kFp16 && scaler_->update(!finite)) {
     r.skipped = true;
@@ -417,9 +473,10 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   if (ocfg_.clip_grad_norm > 0) {
     // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
     const double coef = ocfg_.clip_grad_norm / (r.grad_norm + 1e-6);
-    if (coef < 1.0) optim::scale_grads(refs, static_cast<float>(coef));
+    if (coef < 1.0) optim::scale_grads(opt_->tensors(), static_cast<float>(coef));
   }
   opt_->step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
+  if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
   return r;
 }
 

@@ -57,6 +57,30 @@ TEST(MpiComm, ReduceScatterAndAllGather) {
     for (int i = 0; i < count; ++i) EXPECT_EQ(all[q * count + i], q * 7 + i) << q << "," << i;
 }
 
+// Uneven blocks (rank r owns r + 1 elements; with 4 ranks the blocks are 1, 2, 3, 4).
+TEST(MpiComm, UnevenReduceScatterAndAllGather) {
+  Communicator& c = world();
+  const int W = c.size(), r = c.rank();
+  std::vector<int64_t> counts(W);
+  int64_t total = 0, mine_at = 0;
+  for (int q = 0; q < W; ++q) {
+    counts[q] = q + 1;
+    if (q < r) mine_at += counts[q];
+    total += counts[q];
+  }
+  std::vector<float> in(total), out(counts[r], -1.f);
+  for (int64_t j = 0; j < total; ++j) in[j] = static_cast<float>(r * 100 + j);
+  c.reduce_scatter_v(out.data(), in.data(), counts.data(), DataType::kF32, ReduceOp::kSum);
+  for (int64_t i = 0; i < counts[r]; ++i)
+    EXPECT_EQ(out[i], 100.f * W * (W - 1) / 2 + static_cast<float>(W) * (mine_at + i)) << i;
+  std::vector<float> mine(counts[r]), all(total, -1.f);
+  for (int64_t i = 0; i < counts[r]; ++i) mine[i] = static_cast<float>(r * 10 + i);
+  c.all_gather_v(all.data(), mine.data(), counts.data(), DataType::kF32);
+  int64_t at = 0;
+  for (int q = 0; q < W; ++q)
+    for (int64_t i = 0; i < counts[q]; ++i) EXPECT_EQ(all[at++], static_cast<float>(q * 10 + i));
+}
+
 TEST(MpiComm, AllToAll) {
   Communicator& c = world();
   const int W = c.size(), r = c.rank();

@@ -29,6 +29,7 @@
 #include "model/model.h"
 #include "mpi_gtest.h"
 #include "parallel/grad_sync.h"
+#include "parallel/zero1.h"
 
 namespace moekit {
 namespace {
@@ -116,6 +117,52 @@ TEST(ExpertParallelModel, MatchesSingleProcessOnTheGlobalBatch) {
               W, ctx.topo.ep(), ce + loss.aux_coef * l.aux_global + loss.z_coef * z, ref_loss.total, worst,
               worst_name.c_str(), norm, ref_norm);
   EXPECT_NEAR(norm, ref_norm, kLossTol * ref_norm);
+}
+
+// ZeRO-1 leaves on each rank's shard what the plain sync leaves there, gives the same norm, and
+// its all-gather hands every replica the shard owners' weights.
+TEST(ExpertParallelModel, Zero1ShardsMatchThePlainGradientSync) {
+  auto& ctx = test::mpi_context();
+  const config::ModelConfig cfg = tiny_moe();
+  model::Model m(cfg, {ctx.world.get(), ctx.ep.get()});
+  auto& P = m.params();
+  P.init(kSeed, cfg.initializer_range);
+  std::vector<int64_t> in(kRowsPerRank * kSeq), tg(in.size());
+  for (size_t i = 0; i < in.size(); ++i)
+    in[i] = (i * 31 + 7 * ctx.world->rank()) % cfg.vocab_size, tg[i] = (i * 17 + 3) % cfg.vocab_size;
+  m.forward(in.data(), tg.data(), kRowsPerRank, kSeq, {model::AuxLossForm::kHfPooled, 0.01, 0.0});
+  m.backward();
+  std::vector<float> dense(P.grads(false), P.grads(false) + P.numel(false));
+  std::vector<float> expert(P.grads(true), P.grads(true) + P.numel(true));
+  parallel::GradArenas plain{dense.data(), P.numel(false), expert.data(), P.numel(true)};
+  parallel::sync_gradients(plain, ctx);
+  const double plain_norm = parallel::global_grad_norm(plain, ctx);
+
+  std::vector<parallel::ArenaTensor> arena[2];
+  for (const auto& s : P.specs()) arena[s.expert].push_back({s.name, s.offset, s.numel(), s.shape[0]});
+  parallel::Zero1 z(arena[0], P.numel(false), arena[1], P.numel(true), ctx);
+  parallel::GradArenas g{P.grads(false), P.numel(false), P.grads(true), P.numel(true)};
+  z.reduce_gradients(g);
+  EXPECT_NEAR(z.grad_norm(g), plain_norm, 1e-6 * plain_norm);
+  for (int e = 0; e < 2; ++e)
+    for (const auto& sl : e ? z.expert_slices() : z.dense_slices()) {
+      const float* want = (e ? expert.data() : dense.data()) + sl.offset;
+      EXPECT_LE(max_rel(P.grads(e) + sl.offset, want, sl.numel), 1e-6) << arena[e][sl.tensor].name;
+    }
+  // Each rank marks its shard; after the gather every element carries its owner's mark.
+  const float mark = 1000.f + ctx.world->rank();
+  for (int e = 0; e < 2; ++e)
+    for (const auto& sl : e ? z.expert_slices() : z.dense_slices())
+      std::fill(P.values(e) + sl.offset, P.values(e) + sl.offset + sl.numel, mark);
+  z.gather_weights(P.values(false), P.values(true));
+  int64_t unmarked = 0;
+  for (int e = 0; e < 2; ++e)
+    for (int64_t i = 0; i < P.numel(e); ++i) unmarked += P.values(e)[i] < 1000.f;
+  EXPECT_EQ(unmarked, 0);
+  // Dense shards are the same on every rank: the world agrees on every dense element.
+  std::vector<float> d(P.values(false), P.values(false) + P.numel(false)), dmax = d;
+  ctx.world->all_reduce(dmax.data(), static_cast<int64_t>(dmax.size()), parallel::ReduceOp::kMax);
+  EXPECT_EQ(d, dmax);
 }
 
 // An HF directory written by one process loads into every expert-parallel rank: each reads

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # `moekit train` under mpirun: the same config and seed give the same per-step losses whatever
-# the layout, and a checkpoint written by one layout resumes in another.
-#  - W = 1 (reference), W = 2 with ep = 1 and 2, W = 4 with ep = 2 and 4: 20 steps each;
-#  - resume: the W=4, ep=4 checkpoint of step 10 continues under W=2, ep=2 and under W=1;
-#  - every rank file of the W=4 checkpoint exists and the experts are split over them.
+# the layout, and a run stopped in one layout resumes in another.
+#  parity: W = 1 (reference), W = 2 with ep = 1 and 2, W = 4 with ep = 2 and 4, and ZeRO-1 with
+#          W = 2 / ep = 1 and W = 4 / ep = 2 (dense state over 4 ranks, experts over edp = 2),
+#          20 steps each.
+#  resume: a run is preempted at step 10 (SIGTERM to every rank: it checkpoints and exits 143)
+#          and continued with resume=auto in another layout: W=4/ep=4 -> W=2/ep=2; W=4/ep=2 with
+#          ZeRO-1 (row-piece checkpoint) -> W=1; W=1 -> W=4/ep=4 with ZeRO-1. Steps 1..20 must
+#          match the uninterrupted W=1 run; the W=4 checkpoint has one file per rank.
 # Tolerance: |loss - loss_W1| <= 1e-5 * loss_W1 at every step. The layouts add the same f32
 # terms in different orders (micro-batch gradients summed on different ranks, then averaged),
 # about 1e-7 relative per step; training amplifies that only slowly over 20 steps (measured
 # <= 1e-7 here), while a real bug (a lost 1/W, a token at the wrong expert) moves step 2 by
 # >= 1e-3. The aux loss is the per-micro-batch hf_pooled form: with a fixed micro-batch size
 # it sees the same sequences in every layout (the global-batch form, by design, does not).
-#   train_layouts.sh MPIEXEC MOEKIT SOURCE_DIR [mpiexec flags...]
+#   train_layouts.sh parity|resume MPIEXEC MOEKIT SOURCE_DIR [mpiexec flags...]
 set -uo pipefail
-mpiexec=$1; moekit=$2; src=$3; shift 3
+mode=$1; mpiexec=$2; moekit=$3; src=$4; shift 4
 flags=("$@")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -23,18 +27,22 @@ common=(--config configs/train/tiny-moe.yaml --set "data.train=[$tmp/data/synth]
         --set train.micro_batch_size=2 --set train.eval_every=0 --set checkpoint.every=10 --set checkpoint.keep=5
         --set train.log_every=10 --set loss.aux=hf_pooled --set loss.z_coef=0.001)
 fail=0
-run() {  # NAME RANKS EP [extra --set ...]
-  local name=$1 np=$2 ep=$3
+run() {  # NAME RANKS EP [extra --set ...]; EXPECT_RC (default 0) is the exit status wanted
+  local name=$1 np=$2 ep=$3 want=${EXPECT_RC:-0}
   shift 3
   if [ "$np" = 1 ]; then
     "$moekit" train "${common[@]}" --set run_dir="$tmp/$name" --set parallel.ep="$ep" "$@" >"$tmp/$name.log" 2>&1
   else
-    timeout 120 "$mpiexec" -np "$np" "${flags[@]}" "$moekit" train "${common[@]}" --set run_dir="$tmp/$name" \
-      --set parallel.ep="$ep" "$@" >"$tmp/$name.log" 2>&1
+    timeout 120 "$mpiexec" -np "$np" "${flags[@]}" -x MOEKIT_DEBUG_SIGNAL_STEP "$moekit" train "${common[@]}" \
+      --set run_dir="$tmp/$name" --set parallel.ep="$ep" "$@" >"$tmp/$name.log" 2>&1
   fi
   local rc=$?
-  if [ $rc -ne 0 ]; then echo "FAIL - $name exited $rc:"; tail -5 "$tmp/$name.log"; fail=1; fi
+  if [ $rc -ne "$want" ]; then echo "FAIL - $name exited $rc, expected $want:"; tail -5 "$tmp/$name.log"; fail=1; fi
 }
+stop_at_10() {  # NAME RANKS EP [extra]: preempted after step 10
+  MOEKIT_DEBUG_SIGNAL_STEP=10 EXPECT_RC=143 run "$@"
+}
+export MOEKIT_DEBUG_SIGNAL_STEP=""
 compare() {  # NAME FIRST_STEP: losses of NAME against w1 from FIRST_STEP on
   python3 - "$tmp/w1/metrics.jsonl" "$tmp/$1/metrics.jsonl" "$2" "$1" <<'PY' || fail=1
 import json, sys
@@ -51,26 +59,33 @@ PY
 }
 
 run w1 1 1
-run w2e1 2 1
-run w2e2 2 2
-run w4e2 4 2
-run w4e4 4 4
-for r in w2e1 w2e2 w4e2 w4e4; do compare $r 1; done
+if [ "$mode" = parity ]; then
+  run w2e1 2 1
+  run w2e2 2 2
+  run w4e2 4 2
+  run w4e4 4 4
+  run w2e1z 2 1 --set parallel.zero1=true
+  run w4e2z 4 2 --set parallel.zero1=true
+  for r in w2e1 w2e2 w4e2 w4e4 w2e1z w4e2z; do compare $r 1; done
+  exit $fail
+fi
 
-# The W=4 checkpoint: four rank files; the experts of a layer spread over them.
-ck="$tmp/w4e4/checkpoints/step_00000010"
-n=$(ls "$ck"/rank_*.h5 2>/dev/null | wc -l)
+# resume: preempt at step 10 in one layout, continue in another (same run_dir, resume=auto).
+stop_at_10 a 4 4
+n=$(ls "$tmp/a/checkpoints/step_00000010"/rank_*.h5 2>/dev/null | wc -l)
 if [ "$n" = 4 ]; then echo "ok   - W=4 checkpoint has 4 rank files"; else echo "FAIL - W=4 checkpoint has $n rank files"; fail=1; fi
-python3 - "$ck/meta.json" <<'PY' || fail=1
+python3 - "$tmp/a/checkpoints/step_00000010/meta.json" <<'PY' || fail=1
 import json, sys
 m = json.load(open(sys.argv[1]))
 assert m["layout"] == {"world": 4, "ep": 4} and m["world_size"] == 4, m
 print("ok   - meta.json records the layout", m["layout"])
 PY
-
-# Resume the W=4/ep=4 step-10 checkpoint in other layouts; steps 11..20 must match W=1.
-run r_w2e2 2 2 --set resume="$ck"
-compare r_w2e2 11
-run r_w1 1 1 --set resume="$ck"
-compare r_w1 11
+run a 2 2 --set resume=auto
+compare a 1
+stop_at_10 b 4 2 --set parallel.zero1=true
+run b 1 1 --set resume=auto
+compare b 1
+stop_at_10 c 1 1
+run c 4 4 --set parallel.zero1=true --set resume=auto
+compare c 1
 exit $fail

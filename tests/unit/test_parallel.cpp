@@ -11,6 +11,7 @@
 #include "parallel/communicator.h"
 #include "parallel/grad_sync.h"
 #include "parallel/topology.h"
+#include "parallel/zero1.h"
 #include "test_util.h"
 
 namespace moekit {
@@ -110,6 +111,31 @@ TEST(LocalCommunicator, CollectivesOfOneAreCopies) {
   EXPECT_EQ(d[0], 3.f);
   EXPECT_EQ(e[0], 4.f);
   EXPECT_DOUBLE_EQ(parallel::global_grad_norm(a, *ctx), 5.0);
+}
+
+// ZeRO-1 shards: equal splits moved to row starts, covering the arena once, slices whole rows.
+TEST(Zero1Shards, RowAlignedBoundsPartitionTheArena) {
+  // a (3 rows of 4) | b (10, 1-D) | c (2 rows of 5): 32 elements.
+  std::vector<parallel::ArenaTensor> t = {{"a", 0, 12, 3}, {"b", 12, 10, 10}, {"c", 22, 10, 2}};
+  auto b = parallel::row_aligned_bounds(t, 32, 3);
+  // Targets 10 and 21: 10 is inside a's last row (starts at 8) -> 12; 21 is an element of b.
+  EXPECT_EQ(b, (std::vector<int64_t>{0, 12, 21, 32}));
+  auto s1 = parallel::shard_slices(t, b[1], b[2]);
+  ASSERT_EQ(s1.size(), 1u);
+  EXPECT_EQ(s1[0].tensor, 1u);
+  EXPECT_EQ(s1[0].row_begin, 0);
+  EXPECT_EQ(s1[0].rows, 9);
+  auto s2 = parallel::shard_slices(t, b[2], b[3]);
+  ASSERT_EQ(s2.size(), 2u);
+  EXPECT_EQ(s2[0].row_begin, 9);  // b's last element
+  EXPECT_EQ(s2[1].tensor, 2u);
+  EXPECT_EQ(s2[1].rows, 2);
+  // More parts than rows: trailing shards are empty, never overlapping.
+  b = parallel::row_aligned_bounds({{"big", 0, 100, 2}}, 100, 4);
+  EXPECT_EQ(b, (std::vector<int64_t>{0, 50, 50, 100, 100}));
+  EXPECT_THROW(parallel::shard_slices({{"big", 0, 100, 2}}, 10, 100), Error);  // cuts a row
+  b = parallel::row_aligned_bounds({}, 0, 2);  // a dense model's empty expert arena
+  EXPECT_EQ(b, (std::vector<int64_t>{0, 0, 0}));
 }
 
 moe::RouterStats stats_of(int64_t tokens, std::vector<double> counts, std::vector<double> probs) {
