@@ -25,13 +25,7 @@ namespace {
 
 // Where a Qwen2 parameter lives in a Qwen v1 checkpoint: a tensor name and, for the fused
 // c_attn, the row range [row0, row0 + rows) of it.
-struct V1Source {
-  std::string name;
-  int64_t row0 = 0;
-  bool slice = false;
-};
-
-V1Source v1_source(const std::string& qwen2, int64_t hidden_q, int64_t hidden_kv) {
+HfSource v1_source(const std::string& qwen2, int64_t hidden_q, int64_t hidden_kv) {
   static const std::map<std::string, std::string> kTop = {{"model.embed_tokens.weight", "transformer.wte.weight"},
                                                           {"model.norm.weight", "transformer.ln_f.weight"},
                                                           {"lm_head.weight", "lm_head.weight"}};
@@ -60,11 +54,6 @@ V1Source v1_source(const std::string& qwen2, int64_t hidden_q, int64_t hidden_kv
   MOEKIT_FAIL("no Qwen v1 equivalent for parameter '", qwen2, "'");
 }
 
-// Tensors that HF checkpoints may carry and a model legitimately ignores.
-bool ignorable(const std::string& name) {
-  return name.find("rotary_emb.inv_freq") != std::string::npos;
-}
-
 void write_text_atomic(const fs::path& path, const std::string& text) {
   fs::path tmp = path;
   tmp += ".tmp";
@@ -79,6 +68,13 @@ void write_text_atomic(const fs::path& path, const std::string& text) {
 }
 
 }  // namespace
+
+bool hf_ignorable(const std::string& name) { return name.find("rotary_emb.inv_freq") != std::string::npos; }
+
+HfSource hf_source(HfLayout layout, const std::string& qwen2_name, const config::ModelConfig& cfg) {
+  if (layout == HfLayout::kQwen2) return {qwen2_name};
+  return v1_source(qwen2_name, cfg.num_attention_heads * cfg.head_size(), cfg.num_key_value_heads * cfg.head_size());
+}
 
 void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
   const auto& cfg = model->config();
@@ -97,7 +93,7 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
       used.insert(spec.name);
       continue;
     }
-    V1Source src = v1_source(spec.name, qd, kvd);
+    HfSource src = v1_source(spec.name, qd, kvd);
     MOEKIT_CHECK(dir.has(src.name), dir.dir(), ": missing tensor '", src.name, "' (Qwen v1 source of '", spec.name,
                  "')");
     used.insert(src.name);
@@ -120,7 +116,7 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
     for (const auto& n : model::parameter_names(cfg))
       if (!P.has(n)) others.insert(n);
   for (const auto& name : dir.names()) {
-    if (used.count(name) || ignorable(name) || others.count(name)) continue;
+    if (used.count(name) || hf_ignorable(name) || others.count(name)) continue;
     if (cfg.tie_word_embeddings && name == "lm_head.weight") {
       log_warn(dir.dir(), ": ignoring lm_head.weight (tie_word_embeddings is true)");
       continue;

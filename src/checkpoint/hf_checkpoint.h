@@ -19,6 +19,17 @@ namespace moekit::checkpoint {
 enum class HfLayout { kQwen2, kQwenV1 };
 HfLayout detect_layout(const SafetensorsDir& dir);
 
+// Where the Qwen2 parameter `qwen2_name` of a `cfg` model lives in a checkpoint of `layout`:
+// the tensor name and, for Qwen v1's fused c_attn (rows [q; k; v]), the rows to take.
+struct HfSource {
+  std::string name;
+  int64_t row0 = 0;
+  bool slice = false;  // rows [row0, row0 + rows of the Qwen2 tensor) of `name`
+};
+HfSource hf_source(HfLayout layout, const std::string& qwen2_name, const config::ModelConfig& cfg);
+// Tensors HF checkpoints may carry that a model legitimately ignores (rotary inv_freq buffers).
+bool hf_ignorable(const std::string& name);
+
 // Fill every parameter of `model` from `dir`; checks every shape and that no tensor is missing
 // or left over (errors name the directory, the tensor and the shapes). An expert-parallel model
 // (Model::experts_held() a subset) reads only its own experts and skips the others'.

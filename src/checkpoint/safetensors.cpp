@@ -480,6 +480,19 @@ void SafetensorsFile::read_raw(const TensorInfo& info, void* dst) const {
   pread_full(*fd_, dst, info.nbytes(), data_start() + info.begin, path_, what.c_str());
 }
 
+void SafetensorsFile::read_raw_range(const TensorInfo& info, uint64_t byte_offset, size_t n, void* dst) const {
+  MOEKIT_CHECK(byte_offset <= info.nbytes() && n <= info.nbytes() - byte_offset, path_, ": read of ", n,
+               " bytes at offset ", byte_offset, " runs past the end of tensor '", info.name, "' (",
+               info.nbytes(), " bytes)");
+  MOEKIT_CHECK(fd_ != nullptr, path_, ": tensor '", info.name,
+               "' cannot be read: the header was parsed from memory, no file is open");
+  const uint64_t data_len = file_size_ - data_start();
+  MOEKIT_CHECK(info.begin <= info.end && info.end <= data_len, path_, ": tensor '", info.name,
+               "' data_offsets lie outside the ", data_len, "-byte data section");
+  const std::string what = "tensor '" + info.name + "'";
+  pread_full(*fd_, dst, n, data_start() + info.begin + byte_offset, path_, what.c_str());
+}
+
 HostTensor SafetensorsFile::read(const std::string& name) const {
   const TensorInfo& info = readable(*this, name);
   HostTensor out(info.dtype, info.shape);
@@ -509,6 +522,19 @@ std::vector<float> SafetensorsFile::read_f32(const std::string& name, const Shap
 
 // ---- writing ------------------------------------------------------------------------------
 
+std::string header_entry(const std::string& name, DType dtype, const Shape& shape, uint64_t begin, uint64_t end) {
+  std::string h = json(name).dump();
+  h += ":{\"dtype\":\"";
+  h += dtype_name(dtype);
+  h += "\",\"shape\":[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) h += ',';
+    h += std::to_string(shape[i]);
+  }
+  h += "],\"data_offsets\":[" + std::to_string(begin) + "," + std::to_string(end) + "]}";
+  return h;
+}
+
 void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   // Everything is checked before the temp file exists, so a refused write leaves no trace.
@@ -530,15 +556,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
     MOEKIT_CHECK(!__builtin_add_overflow(offset, nb, &end), path,
                  ": total tensor bytes overflow 64 bits at tensor '", t.name, "'");
     if (header.size() > 1) header += ',';
-    header += json(t.name).dump();
-    header += ":{\"dtype\":\"";
-    header += dtype_name(t.dtype);
-    header += "\",\"shape\":[";
-    for (size_t i = 0; i < t.shape.size(); ++i) {
-      if (i) header += ',';
-      header += std::to_string(t.shape[i]);
-    }
-    header += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(end) + "]}";
+    header += header_entry(t.name, t.dtype, t.shape, offset, end);
     if (nb > 0) pieces.emplace_back(t.data, static_cast<size_t>(nb));
     offset = end;
   }
@@ -654,6 +672,11 @@ std::vector<float> SafetensorsDir::read_f32(const std::string& name, const Shape
 
 HostTensor SafetensorsDir::read(const std::string& name) const {
   return files_[locate(where_, dir_, name)].read(name);
+}
+
+void SafetensorsDir::read_raw_range(const std::string& name, uint64_t byte_offset, size_t n, void* dst) const {
+  const SafetensorsFile& f = files_[locate(where_, dir_, name)];
+  f.read_raw_range(*f.find(name), byte_offset, n, dst);
 }
 
 }  // namespace moekit::checkpoint

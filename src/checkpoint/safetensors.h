@@ -50,6 +50,9 @@ class SafetensorsFile {
 
   // Raw bytes of a tensor into dst (exactly info.nbytes()).
   void read_raw(const TensorInfo& info, void* dst) const;
+  // Bytes [byte_offset, byte_offset + n) of a tensor: streaming readers copy a large tensor
+  // piece by piece instead of holding all of it.
+  void read_raw_range(const TensorInfo& info, uint64_t byte_offset, size_t n, void* dst) const;
   HostTensor read(const std::string& name) const;  // throws if absent
   // Read a floating tensor converted to f32; checks the shape when `expect` is non-empty.
   std::vector<float> read_f32(const std::string& name, const Shape& expect = {}) const;
@@ -75,6 +78,10 @@ struct TensorRef {
   size_t nbytes() const { return static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype); }
 };
 
+// One tensor's header entry, `"name":{"dtype":"BF16","shape":[..],"data_offsets":[b,e]}`, as
+// every moekit writer spells it (so the streaming and in-memory writers give identical files).
+std::string header_entry(const std::string& name, DType dtype, const Shape& shape, uint64_t begin, uint64_t end);
+
 // Write one file: header `{"__metadata__":..., tensors...}` padded with spaces to a multiple of
 // 8 bytes, data in the order given. Temp file in the same directory, fsync, rename.
 void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
@@ -97,6 +104,8 @@ class SafetensorsDir {
   std::vector<std::string> names() const;                 // sorted
   std::vector<float> read_f32(const std::string& name, const Shape& expect = {}) const;
   HostTensor read(const std::string& name) const;
+  // Bytes [byte_offset, byte_offset + n) of tensor `name` (see SafetensorsFile::read_raw_range).
+  void read_raw_range(const std::string& name, uint64_t byte_offset, size_t n, void* dst) const;
   const std::string& dir() const { return dir_; }
 
  private:

@@ -20,6 +20,7 @@ void add_train_command(CLI::App& root, std::vector<Command>* out);
 void add_export_command(CLI::App& root, std::vector<Command>* out);
 void add_report_command(CLI::App& root, std::vector<Command>* out);
 void add_cost_command(CLI::App& root, std::vector<Command>* out);
+void add_upcycle_command(CLI::App& root, std::vector<Command>* out);
 
 // "1,2,3" -> {1, 2, 3}; errors name the offending item.
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& what);

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   moekit::cli::add_export_command(app, &commands);
   moekit::cli::add_report_command(app, &commands);
   moekit::cli::add_cost_command(app, &commands);
+  moekit::cli::add_upcycle_command(app, &commands);
   // CLI11 reports a mistyped subcommand as "a subcommand is required"; name it instead.
   std::string names;
   bool known = false;

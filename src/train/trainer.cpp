@@ -62,6 +62,15 @@ double peak_rss_mib() {
   return ru.ru_maxrss / 1024.0;  // Linux reports KiB
 }
 
+double current_rss_mib() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
+}
+
 void write_file_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
@@ -175,6 +184,7 @@ class Trainer {
   std::unique_ptr<TfEventsWriter> tb_;
   FlopCount flops_;
   double peak_flops_ = 0;
+  double base_rss_mib_ = 0;  // before the model and optimizer exist (the memory plan counts above it)
   int64_t n_micro_ = 0;
 
   int64_t step_ = 0;  // completed steps
@@ -594,6 +604,7 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds) {
 
 TrainSummary Trainer::run() {
   t_start_ = Clock::now();
+  base_rss_mib_ = current_rss_mib();
   data::LoaderConfig lc;
   lc.seq_len = cfg_.train.seq_len;
   lc.global_batch = cfg_.train.global_batch_size;
@@ -684,6 +695,7 @@ TrainSummary Trainer::run() {
          {"world", ctx_.topo.world()},
          {"ep", ctx_.topo.ep()},
          {"peak_rss_mib", peak_rss_mib()},
+         {"base_rss_mib", base_rss_mib_},
          {"skipped_steps", sum.skipped_steps},
          {"interrupted", sum.interrupted},
          {"last_checkpoint", sum.last_checkpoint}};

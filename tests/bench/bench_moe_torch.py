@@ -279,6 +279,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--train", action="store_true",
+                    help="time a whole training step: forward, backward, clip_grad_norm_(1.0), AdamW step")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -289,6 +291,7 @@ def main():
     seqs = torch.randint(0, c.vocab, (a.batch, a.seq + 1), generator=g)
     ids, targets = seqs[:, :-1].contiguous(), seqs[:, 1:].contiguous()
 
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1) if a.train else None
     times, first = [], None
     for i in range(a.warmup + a.steps):
         for p in model.parameters():
@@ -296,6 +299,9 @@ def main():
         t0 = time.perf_counter()
         loss, ce = model(ids, targets, 0.001)
         loss.backward()
+        if opt is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
         dt = time.perf_counter() - t0
         if first is None:
             first = (loss.item(), ce.item())
@@ -311,7 +317,7 @@ def main():
     total = sum(p.numel() for p in model.parameters())
     if a.json:
         print(json.dumps({
-            "impl": "pytorch", "torch": torch.__version__, "model": a.model, "batch": a.batch, "seq": a.seq,
+            "impl": "pytorch", "torch": torch.__version__, "train_step": a.train, "model": a.model, "batch": a.batch, "seq": a.seq,
             "steps": a.steps, "warmup": a.warmup, "threads": torch.get_num_threads(), "tokens_per_step": T,
             "activated_params": activated_params(c), "total_params": total, "flops_per_token": fpt,
             "ms_per_step": round(t_med * 1e3, 3), "ms_per_step_min": round(t_min * 1e3, 3),

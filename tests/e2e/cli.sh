@@ -9,21 +9,7 @@ src="$2"
 st="python3 $src/tests/e2e/st_edit.py"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-
-ok() { echo "ok   - $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL - $1"; fail=$((fail + 1)); }
-
-# expect_fail NAME SUBSTRING cmd...: non-zero exit and SUBSTRING in stderr.
-expect_fail() {
-  local name="$1" want="$2"
-  shift 2
-  local err
-  err="$("$@" 2>&1 >/dev/null)"
-  local rc=$?
-  if [ $rc -ne 0 ] && grep -qF -- "$want" <<<"$err"; then ok "$name"; else bad "$name (rc=$rc, stderr: $err)"; fi
-}
+source "$2/tests/e2e/lib/harness.bash"
 
 # --- help ------------------------------------------------------------------------------
 for sub in "" init eval; do
@@ -116,5 +102,4 @@ for d in x1 x2 x3 x4; do
   if ls "$tmp" | grep -q "^$d"; then bad "no partial output for $d"; else ok "no partial output for $d"; fi
 done
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -9,21 +9,7 @@ src="$2"
 models="$src/configs/models"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-
-ok() { echo "ok   - $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL - $1"; fail=$((fail + 1)); }
-
-# expect_fail NAME SUBSTRING cmd...: non-zero exit and SUBSTRING in stderr.
-expect_fail() {
-  local name="$1" want="$2"
-  shift 2
-  local err
-  err="$("$@" 2>&1 >/dev/null)"
-  local rc=$?
-  if [ $rc -ne 0 ] && grep -qF -- "$want" <<<"$err"; then ok "$name"; else bad "$name (rc=$rc, stderr: $err)"; fi
-}
+source "$2/tests/e2e/lib/harness.bash"
 
 # check NAME JSON_LINE PYTHON: run PYTHON with `r` = the parsed line.
 check() {
@@ -138,5 +124,4 @@ expect_fail "measure needs cpu" "--measure-rss needs --device cpu" $moekit cost 
 expect_fail "negative device memory" "--device-memory" $moekit cost --model "$a27" --device-memory -5
 expect_fail "no --model" "--model" $moekit cost
 
-echo "cost.sh: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

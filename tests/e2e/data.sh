@@ -7,21 +7,7 @@ set -uo pipefail
 moekit="$1"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-
-ok() { echo "ok   - $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL - $1"; fail=$((fail + 1)); }
-
-# expect_fail NAME SUBSTRING cmd...: non-zero exit and SUBSTRING in stderr.
-expect_fail() {
-  local name="$1" want="$2"
-  shift 2
-  local err
-  err="$("$@" 2>&1 >/dev/null)"
-  local rc=$?
-  if [ $rc -ne 0 ] && grep -qF -- "$want" <<<"$err"; then ok "$name"; else bad "$name (rc=$rc, stderr: $err)"; fi
-}
+source "$2/tests/e2e/lib/harness.bash"
 
 for sub in "data" "data synth" "data inspect"; do
   if $moekit $sub --help >/dev/null 2>&1; then ok "help $sub"; else bad "help $sub"; fi
@@ -117,5 +103,4 @@ for d in x1 x2 x3; do
 done
 if ls "$tmp" | grep -q "\.tmp\."; then bad "no temp files left"; else ok "no temp files left"; fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -15,18 +15,7 @@ py=/usr/bin/python3
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cd "$src"
-pass=0
-fail=0
-ok() { echo "ok   - $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL - $1"; fail=$((fail + 1)); }
-expect_fail() {  # NAME SUBSTRING cmd...: non-zero exit and SUBSTRING in stderr
-  local name="$1" want="$2"
-  shift 2
-  local err rc
-  err="$("$@" 2>&1 >/dev/null)"
-  rc=$?
-  if [ $rc -ne 0 ] && grep -qF -- "$want" <<<"$err"; then ok "$name"; else bad "$name (rc=$rc, stderr: $err)"; fi
-}
+source "$src/tests/e2e/lib/harness.bash"
 
 data="$tmp/data/synth"
 common=(--set "data.train=[$data]" --set data.synth_tokens=300000 --set train.peak_flops=1e11)
@@ -174,5 +163,4 @@ expect_fail "token out of vocabulary" "v1000" train --config $cfg --set run_dir=
 expect_fail "export of a non-checkpoint" "neither a checkpoint" "$moekit" export --checkpoint "$tmp" --out "$tmp/x"
 expect_fail "export over an existing dir" "$tmp/moe/hf" "$moekit" export --checkpoint "$tmp/moe" --out "$tmp/moe/hf"
 
-echo "train.sh: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

@@ -1,0 +1,201 @@
+// Element-indexed streams: Philox-4x32-10 evaluated 16 blocks at a time (AVX-512, AVX2 or
+// scalar; integer arithmetic only, so all three give the same bits), keys, thresholds.
+// The normal values built from the words live in normal_fill.cpp.
+#include "upcycle/rng_stream.h"
+
+#include <immintrin.h>
+
+#include <atomic>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/check.h"
+#include "core/rng.h"
+
+namespace moekit::upcycle {
+namespace {
+
+constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // Philox-4x32 multipliers
+constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // Weyl key increments
+constexpr int kTileBlocks = 16;
+constexpr int kTileWords = 4 * kTileBlocks;  // elements per tile
+
+// ---- Philox tiles: out[64 * t + 16 * i + l] = word i of block 16 * (tile0 + t) + l ----------
+
+void philox_tiles_scalar(PhiloxKey key, uint64_t tile0, size_t ntiles, uint32_t* out) {
+  for (size_t t = 0; t < ntiles; ++t) {
+    for (int l = 0; l < kTileBlocks; ++l) {
+      const uint64_t b = (tile0 + t) * kTileBlocks + l;
+      uint32_t c0 = static_cast<uint32_t>(b), c1 = static_cast<uint32_t>(b >> 32), c2 = 0, c3 = 0;
+      uint32_t k0 = key.k0, k1 = key.k1;
+      for (int r = 0; r < 10; ++r) {
+        const uint64_t p0 = static_cast<uint64_t>(kM0) * c0, p1 = static_cast<uint64_t>(kM1) * c2;
+        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+        c1 = static_cast<uint32_t>(p1);
+        c3 = static_cast<uint32_t>(p0);
+        c0 = n0;
+        c2 = n2;
+        k0 += kW0;
+        k1 += kW1;
+      }
+      uint32_t* o = out + t * kTileWords + l;
+      o[0] = c0;
+      o[16] = c1;
+      o[32] = c2;
+      o[48] = c3;
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void philox_tiles_avx2(PhiloxKey key, uint64_t tile0, size_t ntiles,
+                                                       uint32_t* out) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kM0)), m1 = _mm256_set1_epi32(static_cast<int>(kM1));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (size_t t = 0; t < ntiles; ++t) {
+    for (int half = 0; half < 2; ++half) {
+      const uint64_t b0 = (tile0 + t) * kTileBlocks + 8 * half;
+      // Blocks b0..b0+7: the low word may wrap within the group only if b0's low word is near
+      // 2^32; handle the carry into the high word per lane.
+      __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0))), lane);
+      const __m256i wrapped = _mm256_cmpgt_epi32(
+          _mm256_xor_si256(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0))), _mm256_set1_epi32(INT32_MIN)),
+          _mm256_xor_si256(c0, _mm256_set1_epi32(INT32_MIN)));
+      __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0 >> 32))), wrapped);
+      __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+      uint32_t k0 = key.k0, k1 = key.k1;
+      for (int r = 0; r < 10; ++r) {
+        const __m256i e0 = _mm256_mul_epu32(c0, m0), o0 = _mm256_mul_epu32(_mm256_srli_epi64(c0, 32), m0);
+        const __m256i e1 = _mm256_mul_epu32(c2, m1), o1 = _mm256_mul_epu32(_mm256_srli_epi64(c2, 32), m1);
+        const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(e0, 32), o0, 0xAA);
+        const __m256i lo0 = _mm256_blend_epi32(e0, _mm256_slli_epi64(o0, 32), 0xAA);
+        const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(e1, 32), o1, 0xAA);
+        const __m256i lo1 = _mm256_blend_epi32(e1, _mm256_slli_epi64(o1, 32), 0xAA);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+        c1 = lo1;
+        c3 = lo0;
+        k0 += kW0;
+        k1 += kW1;
+      }
+      uint32_t* o = out + t * kTileWords + 8 * half;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), c0);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16), c1);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32), c2);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 48), c3);
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void philox_tiles_avx512(PhiloxKey key, uint64_t tile0, size_t ntiles,
+                                                            uint32_t* out) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kM0)), m1 = _mm512_set1_epi32(static_cast<int>(kM1));
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (size_t t = 0; t < ntiles; ++t) {
+    const uint64_t b0 = (tile0 + t) * kTileBlocks;
+    const __m512i base = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0)));
+    __m512i c0 = _mm512_add_epi32(base, lane);
+    const __mmask16 wrapped = _mm512_cmplt_epu32_mask(c0, base);  // low word carried
+    __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0 >> 32))),
+                                       wrapped, _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0 >> 32))),
+                                       _mm512_set1_epi32(1));
+    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+    uint32_t k0 = key.k0, k1 = key.k1;
+    for (int r = 0; r < 10; ++r) {
+      const __m512i e0 = _mm512_mul_epu32(c0, m0), o0 = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), m0);
+      const __m512i e1 = _mm512_mul_epu32(c2, m1), o1 = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), m1);
+      const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(e0, 32), o0);
+      const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, e0, _mm512_slli_epi64(o0, 32));
+      const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(e1, 32), o1);
+      const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, e1, _mm512_slli_epi64(o1, 32));
+      // a ^ b ^ c in one instruction (truth table 0x96).
+      c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
+      c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
+      c1 = lo1;
+      c3 = lo0;
+      k0 += kW0;
+      k1 += kW1;
+    }
+    uint32_t* o = out + t * kTileWords;
+    _mm512_storeu_si512(o, c0);
+    _mm512_storeu_si512(o + 16, c1);
+    _mm512_storeu_si512(o + 32, c2);
+    _mm512_storeu_si512(o + 48, c3);
+  }
+}
+
+using TilesFn = void (*)(PhiloxKey, uint64_t, size_t, uint32_t*);
+
+struct Dispatch {
+  TilesFn fn;
+  const char* name;
+};
+
+std::atomic<bool> g_scalar{false};
+
+const Dispatch& dispatch() {
+  static const Dispatch d = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return Dispatch{philox_tiles_avx512, "avx512"};
+    if (__builtin_cpu_supports("avx2")) return Dispatch{philox_tiles_avx2, "avx2"};
+    return Dispatch{philox_tiles_scalar, "scalar"};
+  }();
+  return d;
+}
+
+}  // namespace
+
+PhiloxKey philox_key(uint64_t seed, std::string_view name) {
+  // As CounterRng's constructor (core/rng.cpp); test_upcycle_rng checks the two agree.
+  const uint64_t h = name_hash(name) ^ (seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull);
+  return {static_cast<uint32_t>(h), static_cast<uint32_t>(h >> 32)};
+}
+
+void stream_words(const PhiloxKey& key, uint64_t idx0, size_t n, uint32_t* out) {
+  if (n == 0) return;
+  const TilesFn fn = g_scalar.load(std::memory_order_relaxed) ? philox_tiles_scalar : dispatch().fn;
+  uint64_t idx = idx0;
+  const uint64_t end = idx0 + n;
+  alignas(64) uint32_t tile[kTileWords];
+  while (idx < end) {
+    const uint64_t t = idx / kTileWords, in_tile = idx % kTileWords;
+    if (in_tile == 0 && end - idx >= kTileWords) {
+      // Whole tiles straight into the output.
+      const size_t nt = static_cast<size_t>((end - idx) / kTileWords);
+      fn(key, t, nt, out + (idx - idx0));
+      idx += nt * kTileWords;
+      continue;
+    }
+    fn(key, t, 1, tile);
+    const uint64_t m = std::min<uint64_t>(kTileWords - in_tile, end - idx);
+    std::memcpy(out + (idx - idx0), tile + in_tile, m * sizeof(uint32_t));
+    idx += m;
+  }
+}
+
+uint32_t stream_word(const PhiloxKey& key, uint64_t idx) {
+  uint32_t w;
+  stream_words(key, idx, 1, &w);
+  return w;
+}
+
+uint64_t ratio_threshold(double ratio) {
+  MOEKIT_CHECK(ratio >= 0 && ratio <= 1, "re-init ratio ", ratio, " is outside [0, 1]");
+  return static_cast<uint64_t>(std::llround(ratio * 4294967296.0));
+}
+
+bool element_reinit(uint64_t seed, std::string_view tensor, uint64_t idx, double ratio) {
+  return stream_word(philox_key(seed, tensor), idx) < ratio_threshold(ratio);
+}
+
+const char* philox_kernel_name() { return g_scalar.load() ? "scalar" : dispatch().name; }
+
+bool set_scalar_kernels(bool scalar) { return g_scalar.exchange(scalar); }
+
+namespace detail {
+bool scalar_forced() { return g_scalar.load(std::memory_order_relaxed); }
+}  // namespace detail
+
+}  // namespace moekit::upcycle
