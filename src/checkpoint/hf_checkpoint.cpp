@@ -109,8 +109,14 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
     const int64_t row = spec.shape.size() == 2 ? spec.shape[1] : 1;
     std::memcpy(dst, v.data() + src.row0 * row, n * sizeof(float));
   }
+  // An expert-parallel rank reads only its own experts; the other ranks' experts are expected
+  // in the directory and skipped (never read).
+  std::set<std::string> others;
+  if (cfg.is_moe() && model->experts_held().count < cfg.num_experts)
+    for (const auto& n : model::parameter_names(cfg))
+      if (!P.has(n)) others.insert(n);
   for (const auto& name : dir.names()) {
-    if (used.count(name) || hf_ignorable(name)) continue;
+    if (used.count(name) || hf_ignorable(name) || others.count(name)) continue;
     if (cfg.tie_word_embeddings && name == "lm_head.weight") {
       log_warn(dir.dir(), ": ignoring lm_head.weight (tie_word_embeddings is true)");
       continue;

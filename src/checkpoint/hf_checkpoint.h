@@ -31,7 +31,8 @@ HfSource hf_source(HfLayout layout, const std::string& qwen2_name, const config:
 bool hf_ignorable(const std::string& name);
 
 // Fill every parameter of `model` from `dir`; checks every shape and that no tensor is missing
-// or left over (errors name the directory, the tensor and the shapes).
+// or left over (errors name the directory, the tensor and the shapes). An expert-parallel model
+// (Model::experts_held() a subset) reads only its own experts and skips the others'.
 void load_hf_weights(model::Model* model, const SafetensorsDir& dir);
 
 // config.json + weights -> a new Model.

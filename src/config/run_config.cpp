@@ -130,6 +130,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
 
   Section par(top.child("parallel"), "parallel", path);
   par.get("ep", &c.parallel.ep);
+  par.get("zero1", &c.parallel.zero1);
   par.finish();
 
   YAML::Node optim = top.child("optim");
@@ -142,12 +143,13 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   } catch (const Error& e) {
     MOEKIT_FAIL(path, ": model '", c.model, "': ", e.what());
   }
-  c.validate();
+  c.validate(0);  // the world size is known only to the trainer, which validates again
   return c;
 }
 
-void RunConfig::validate(int world) const {
+void RunConfig::validate(int world_size) const {
   const std::string& w = source;
+  const int64_t world = world_size > 0 ? world_size : 1;
   MOEKIT_CHECK(!run_dir.empty(), w, ": run_dir must not be empty");
   MOEKIT_CHECK(train.steps > 0, w, ": train.steps must be > 0, got ", train.steps);
   MOEKIT_CHECK(train.seq_len > 1, w, ": train.seq_len must be > 1, got ", train.seq_len);
@@ -165,15 +167,15 @@ void RunConfig::validate(int world) const {
                data.valid_fraction);
   MOEKIT_CHECK(data.eos_id >= 0 && data.eos_id < model_config.vocab_size, w, ": data.eos_id ", data.eos_id,
                " is outside the vocabulary [0, ", model_config.vocab_size, ")");
-  MOEKIT_CHECK(loss.aux == "none" || loss.aux == "hf_pooled" || loss.aux == "switch", w, ": loss.aux '", loss.aux,
-               "' must be one of none, hf_pooled, switch");
+  MOEKIT_CHECK(loss.aux == "none" || loss.aux == "hf_pooled" || loss.aux == "switch" || loss.aux == "global_batch", w,
+               ": loss.aux '", loss.aux, "' must be one of none, hf_pooled, switch, global_batch");
   MOEKIT_CHECK(loss.z_coef >= 0, w, ": loss.z_coef must be >= 0, got ", loss.z_coef);
   MOEKIT_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, w,
                ": checkpoint.every must be >= 0 and checkpoint.keep >= 1");
   MOEKIT_CHECK(parallel.ep >= 1, w, ": parallel.ep must be >= 1, got ", parallel.ep);
   MOEKIT_CHECK(!model_config.is_moe() || model_config.num_experts % parallel.ep == 0, w, ": num_experts ",
                model_config.num_experts, " is not divisible by parallel.ep ", parallel.ep);
-  MOEKIT_CHECK(world % parallel.ep == 0, w, ": world size ", world, " is not divisible by parallel.ep ", parallel.ep);
+  MOEKIT_CHECK(world_size <= 0 || world % parallel.ep == 0, w, ": world size ", world, " is not divisible by parallel.ep ", parallel.ep);
   MOEKIT_CHECK(resume == "none" || resume == "auto" || !resume.empty(), w, ": resume must be none, auto or a path");
 }
 
@@ -209,7 +211,8 @@ std::string run_config_to_yaml(const RunConfig& c) {
   e << YAML::Key << "every" << YAML::Value << c.checkpoint.every;
   e << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
-  e << YAML::Key << "ep" << YAML::Value << c.parallel.ep << YAML::EndMap;
+  e << YAML::Key << "ep" << YAML::Value << c.parallel.ep;
+  e << YAML::Key << "zero1" << YAML::Value << c.parallel.zero1 << YAML::EndMap;
   e << YAML::Key << "optim" << YAML::Value << YAML::Load(c.optim_yaml);
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";

@@ -36,7 +36,7 @@ struct TrainLoopConfig {
 };
 
 struct LossSection {
-  std::string aux = "hf_pooled";  // none | hf_pooled | switch
+  std::string aux = "hf_pooled";  // none | hf_pooled | switch | global_batch
   double aux_coef = -1;           // < 0: the model config's router_aux_loss_coef
   double z_coef = 0.0;
 };
@@ -47,7 +47,8 @@ struct CheckpointSection {
 };
 
 struct ParallelSection {
-  int64_t ep = 1;
+  int64_t ep = 1;      // expert-parallel ranks per group (world = ep x edp)
+  bool zero1 = false;  // shard the optimizer state over the ranks replicating each parameter
 };
 
 struct RunConfig {
@@ -65,7 +66,8 @@ struct RunConfig {
   ParallelSection parallel;
   std::string optim_yaml = "{}";  // the optim: section, parsed by optim::OptimConfig
 
-  // Errors name the field and the values involved (world = number of ranks).
+  // Errors name the field and the values involved (world = number of ranks; 0 = not known yet:
+  // the checks that involve it use 1 for the batch and skip world % ep).
   void validate(int world = 1) const;
 };
 

@@ -19,7 +19,8 @@ AuxLossForm aux_loss_form_parse(const std::string& s) {
   if (s == "none") return AuxLossForm::kNone;
   if (s == "hf_pooled" || s == "hf") return AuxLossForm::kHfPooled;
   if (s == "switch") return AuxLossForm::kSwitch;
-  MOEKIT_FAIL("unknown aux loss form '", s, "' (expected none, hf_pooled or switch)");
+  if (s == "global_batch") return AuxLossForm::kGlobalBatch;
+  MOEKIT_FAIL("unknown aux loss form '", s, "' (expected none, hf_pooled, switch or global_batch)");
 }
 
 const char* aux_loss_form_name(AuxLossForm f) {
@@ -27,6 +28,7 @@ const char* aux_loss_form_name(AuxLossForm f) {
     case AuxLossForm::kNone: return "none";
     case AuxLossForm::kHfPooled: return "hf_pooled";
     case AuxLossForm::kSwitch: return "switch";
+    case AuxLossForm::kGlobalBatch: return "global_batch";
   }
   return "?";
 }
@@ -47,6 +49,29 @@ struct Model::Layer {
 
 namespace {
 std::string layer_prefix(int64_t l) { return "model.layers." + std::to_string(l) + "."; }
+
+// Router statistics summed over the data-parallel ranks: one all-reduce of L * (2E + 1)
+// doubles (counts, probability sums, tokens) per forward.
+std::vector<moe::RouterStats> sum_over_ranks(const std::vector<moe::RouterStats>& local, parallel::Communicator* dp) {
+  if (!dp || dp->size() == 1) return local;
+  const size_t E = local[0].counts.size(), stride = 2 * E + 1;
+  std::vector<double> buf(local.size() * stride);
+  for (size_t l = 0; l < local.size(); ++l) {
+    double* b = buf.data() + l * stride;
+    std::copy(local[l].counts.begin(), local[l].counts.end(), b);
+    std::copy(local[l].prob_sum.begin(), local[l].prob_sum.end(), b + E);
+    b[2 * E] = static_cast<double>(local[l].tokens);
+  }
+  dp->all_reduce(buf.data(), static_cast<int64_t>(buf.size()), parallel::ReduceOp::kSum);
+  std::vector<moe::RouterStats> global(local.size());
+  for (size_t l = 0; l < local.size(); ++l) {
+    const double* b = buf.data() + l * stride;
+    global[l].counts.assign(b, b + E);
+    global[l].prob_sum.assign(b + E, b + 2 * E);
+    global[l].tokens = static_cast<int64_t>(b[2 * E]);
+  }
+  return global;
+}
 }  // namespace
 
 std::vector<std::string> parameter_names(const config::ModelConfig& cfg) {
@@ -57,16 +82,25 @@ std::vector<std::string> parameter_names(const config::ModelConfig& cfg) {
   return out;
 }
 
-Model::Model(const config::ModelConfig& cfg) : cfg_(cfg) {
+ExpertRange expert_range(const config::ModelConfig& cfg, int ep_rank, int ep_size) {
+  if (!cfg.is_moe() || ep_size <= 1) return {0, cfg.is_moe() ? cfg.num_experts : 0};
+  MOEKIT_CHECK(cfg.num_experts % ep_size == 0, "num_experts ", cfg.num_experts,
+               " is not divisible by the expert-parallel size ", ep_size);
+  const int64_t n = cfg.num_experts / ep_size;
+  return {ep_rank * n, n};
+}
+
+Model::Model(const config::ModelConfig& cfg, const ModelParallel& par) : cfg_(cfg), par_(par) {
   cfg_.validate();
-  declare_model_params(cfg_, &params_);
+  experts_ = expert_range(cfg_, par_.ep_rank(), par_.ep_size());
+  declare_model_params(cfg_, &params_, experts_);
   params_.finalize();
   bind_layers();
 }
 
 Model::~Model() = default;
 
-void declare_model_params(const config::ModelConfig& cfg_, ParamStore* store) {
+void declare_model_params(const config::ModelConfig& cfg_, ParamStore* store, const ExpertRange& experts) {
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size, d = cfg_.head_size();
   const int64_t qd = cfg_.num_attention_heads * d, kvd = cfg_.num_key_value_heads * d;
   auto& P = *store;
@@ -91,7 +125,10 @@ void declare_model_params(const config::ModelConfig& cfg_, ParamStore* store) {
     }
     const int64_t E = cfg_.num_experts, I = cfg_.moe_intermediate_size, Is = cfg_.shared_expert_intermediate_size;
     P.declare(p + "mlp.gate.weight", {E, H}, ParamInit::kNormal);
-    for (int64_t e = 0; e < E; ++e) {  // expert stack: [gate; up; down] per expert, back to back
+    const int64_t e0 = experts.first, e1 = experts.count < 0 ? E : experts.first + experts.count;
+    MOEKIT_CHECK(e0 >= 0 && e0 <= e1 && e1 <= E, "declare_model_params: experts [", e0, ", ", e1,
+                 ") outside [0, ", E, ")");
+    for (int64_t e = e0; e < e1; ++e) {  // expert stack: [gate; up; down] per expert, back to back
       const std::string pe = p + "mlp.experts." + std::to_string(e) + ".";
       P.declare(pe + "gate_proj.weight", {I, H}, ParamInit::kNormal, true);
       P.declare(pe + "up_proj.weight", {I, H}, ParamInit::kNormal, true);
@@ -133,7 +170,7 @@ void Model::bind_layers() {
     } else {
       moe::MoeParams mp;
       mp.router = P.get(p + "mlp.gate.weight");
-      mp.experts = P.get(p + "mlp.experts.0.gate_proj.weight");
+      mp.experts = P.get(p + "mlp.experts." + std::to_string(experts_.first) + ".gate_proj.weight");
       if (cfg_.shared_expert_intermediate_size > 0) {
         mp.shared_gate_up = P.get(p + "mlp.shared_expert.gate_proj.weight");
         mp.shared_down = P.get(p + "mlp.shared_expert.down_proj.weight");
@@ -141,7 +178,9 @@ void Model::bind_layers() {
       }
       moe::MoeDims md{H, cfg_.num_experts, cfg_.num_experts_per_tok, cfg_.moe_intermediate_size,
                       cfg_.shared_expert_intermediate_size, cfg_.norm_topk_prob};
-      L->moe = std::make_unique<moe::MoeLayer>(mp, md);
+      moe::ExpertParallel ep;
+      if (par_.ep_size() > 1) ep = {par_.ep, experts_.first};
+      L->moe = std::make_unique<moe::MoeLayer>(mp, md, ep);
       L->moe_index = moe_count++;
     }
     layers_.push_back(std::move(L));
@@ -226,7 +265,14 @@ LossTerms Model::forward(const int64_t* inputs, const int64_t* targets, int64_t 
     dprob_.assign(stats.size(), std::vector<float>(cfg_.num_experts, 0.f));
     z_scale_.assign(stats.size(), 0.f);
     const std::vector<std::vector<float>>* g = nullptr;
-    if (loss.aux == AuxLossForm::kHfPooled) {
+    std::vector<std::vector<float>> g_gb;
+    if (loss.aux == AuxLossForm::kGlobalBatch) {
+      const int ranks = par_.dp ? par_.dp->size() : 1;
+      out.aux_global = moe::global_batch_aux_loss(sum_over_ranks(stats, par_.dp), cfg_.num_experts_per_tok, ranks,
+                                                  &g_gb);
+      out.total += loss.aux_coef * out.aux_global;
+      g = &g_gb;
+    } else if (loss.aux == AuxLossForm::kHfPooled) {
       out.total += loss.aux_coef * out.aux_hf;
       g = &g_hf;
     } else if (loss.aux == AuxLossForm::kSwitch) {

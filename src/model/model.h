@@ -13,12 +13,15 @@
 #include "model/attention_layer.h"
 #include "model/params.h"
 #include "moe/moe_layer.h"
+#include "parallel/communicator.h"
 
 namespace moekit::model {
 
-// Which load-balancing loss is added to the objective (all are always reported).
-enum class AuxLossForm { kNone, kHfPooled, kSwitch };
-AuxLossForm aux_loss_form_parse(const std::string& s);  // "none", "hf_pooled", "switch"
+// Which load-balancing loss is added to the objective. hf_pooled and switch are always
+// reported; global_batch (counts summed over the data-parallel ranks) only when chosen, as it
+// needs a collective over the data-parallel group in every forward.
+enum class AuxLossForm { kNone, kHfPooled, kSwitch, kGlobalBatch };
+AuxLossForm aux_loss_form_parse(const std::string& s);  // "none", "hf_pooled", "switch", "global_batch"
 const char* aux_loss_form_name(AuxLossForm f);
 
 struct LossConfig {
@@ -32,16 +35,37 @@ struct LossTerms {
   int64_t targets = 0;   // number of counted targets
   double aux_hf = std::numeric_limits<double>::quiet_NaN();      // HF pooled aux (MoE only)
   double aux_switch = std::numeric_limits<double>::quiet_NaN();  // per-layer Switch aux, mean
+  double aux_global = std::numeric_limits<double>::quiet_NaN();  // global-batch aux (when chosen)
   double z_loss = std::numeric_limits<double>::quiet_NaN();      // router z-loss
   double total = 0;      // what backward() differentiates
 };
 
+// The process groups a model runs over (none owned; all optional). With ep of size P > 1 the
+// model holds only experts [ep->rank() * E/P, (ep->rank() + 1) * E/P) of every MoE layer, under
+// their global HF names, and every rank of the ep group must call forward/backward together.
+// dp (all data-parallel ranks) is used only by the global-batch aux loss.
+struct ModelParallel {
+  parallel::Communicator* dp = nullptr;
+  parallel::Communicator* ep = nullptr;
+  int ep_size() const { return ep ? ep->size() : 1; }
+  int ep_rank() const { return ep ? ep->rank() : 0; }
+};
+
+// The routed experts one rank holds: [first, first + count) of num_experts.
+struct ExpertRange {
+  int64_t first = 0;
+  int64_t count = -1;  // -1: all
+};
+ExpertRange expert_range(const config::ModelConfig& cfg, int ep_rank, int ep_size);
+
 class Model {
  public:
-  explicit Model(const config::ModelConfig& cfg);
+  explicit Model(const config::ModelConfig& cfg, const ModelParallel& par = {});
   ~Model();
 
   const config::ModelConfig& config() const { return cfg_; }
+  const ModelParallel& parallel() const { return par_; }
+  const ExpertRange& experts_held() const { return experts_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
 
@@ -61,6 +85,8 @@ class Model {
   void bind_layers();
 
   config::ModelConfig cfg_;
+  ModelParallel par_;
+  ExpertRange experts_;
   ParamStore params_;
   std::vector<std::unique_ptr<Layer>> layers_;
   Param embed_, final_norm_, lm_head_;
@@ -76,8 +102,9 @@ class Model {
   std::vector<float> z_scale_;
 };
 
-// Declare every parameter of `cfg` (HF names, shapes, init kinds) without allocating.
-void declare_model_params(const config::ModelConfig& cfg, ParamStore* store);
+// Declare every parameter of `cfg` (HF names, shapes, init kinds) without allocating; of the
+// routed experts only those in `experts`.
+void declare_model_params(const config::ModelConfig& cfg, ParamStore* store, const ExpertRange& experts = {});
 // Names of all parameters in HF order (embed, layers, norm, lm_head unless tied).
 std::vector<std::string> parameter_names(const config::ModelConfig& cfg);
 

@@ -33,23 +33,31 @@ double hf_pooled_aux_loss(const std::vector<RouterStats>& layers, int64_t topk,
   return aux;
 }
 
-double switch_aux_loss(const std::vector<RouterStats>& layers, int64_t topk, std::vector<std::vector<float>>* grads) {
-  MOEKIT_CHECK(!layers.empty(), "switch_aux_loss: no MoE layers");
-  const size_t E = layers[0].counts.size();
-  const double L = static_cast<double>(layers.size());
+double global_batch_aux_loss(const std::vector<RouterStats>& global, int64_t topk, int ranks,
+                             std::vector<std::vector<float>>* grads) {
+  MOEKIT_CHECK(!global.empty(), "global_batch_aux_loss: no MoE layers");
+  MOEKIT_CHECK(ranks >= 1, "global_batch_aux_loss: ranks must be >= 1, got ", ranks);
+  const size_t E = global[0].counts.size();
+  const double L = static_cast<double>(global.size());
   double total = 0;
-  if (grads) grads->assign(layers.size(), std::vector<float>(E));
-  for (size_t l = 0; l < layers.size(); ++l) {
-    const double T = static_cast<double>(layers[l].tokens);
+  if (grads) grads->assign(global.size(), std::vector<float>(E));
+  for (size_t l = 0; l < global.size(); ++l) {
+    const double T = static_cast<double>(global[l].tokens);
+    MOEKIT_CHECK(T > 0, "global_batch_aux_loss: layer ", l, " saw no tokens");
     double v = 0;
     for (size_t e = 0; e < E; ++e) {
-      const double f = layers[l].counts[e] / (T * topk);
-      v += f * layers[l].prob_sum[e] / T;
-      if (grads) (*grads)[l][e] = static_cast<float>(E * f / T / L);
+      const double f = global[l].counts[e] / (T * topk);
+      v += f * global[l].prob_sum[e] / T;
+      if (grads) (*grads)[l][e] = static_cast<float>(ranks * E * f / T / L);
     }
     total += E * v;
   }
   return total / L;
+}
+
+double switch_aux_loss(const std::vector<RouterStats>& layers, int64_t topk, std::vector<std::vector<float>>* grads) {
+  // The per-micro-batch form is the global-batch form over a data-parallel group of one.
+  return global_batch_aux_loss(layers, topk, 1, grads);
 }
 
 double router_z_loss(const std::vector<RouterStats>& layers, std::vector<float>* z_scale) {

@@ -2,19 +2,78 @@
 
 #include <cmath>
 
+#include "core/check.h"
 #include "kernels/matmul.h"
 
 namespace moekit::moe {
 
+MoeLayer::MoeLayer(MoeParams p, MoeDims d, ExpertParallel ep) : p_(p), d_(d), ep_(ep), local_experts_(d.experts) {
+  if (ep_.active()) {
+    const int P = ep_.group->size();
+    MOEKIT_CHECK(d_.experts % P == 0, "MoeLayer: num_experts ", d_.experts, " is not divisible by the ep group size ",
+                 P);
+    local_experts_ = d_.experts / P;
+    MOEKIT_CHECK(ep_.first_expert == ep_.group->rank() * local_experts_, "MoeLayer: ep rank ", ep_.group->rank(),
+                 " must hold experts from ", ep_.group->rank() * local_experts_, ", got first expert ",
+                 ep_.first_expert);
+  }
+}
+
+void MoeLayer::routed_forward(float* y, MoeCache* c, const float* x, int64_t T) const {
+  const int64_t H = d_.hidden, k = d_.topk;
+  const float* w = c->router.weights.data();
+  if (!ep_.active()) {
+    // Single-rank path: plan, permute, grouped experts, combine.
+    DispatchHandle& h = c->dispatch;
+    h = DispatchHandle{};
+    h.plan = make_dispatch_plan(c->router.idx.data(), T, k, d_.experts);
+    c->xp.resize(T * k * H);
+    c->yp.resize(T * k * H);
+    dispatch_rows(c->xp.data(), x, h.plan, H);
+    experts_forward(c->yp.data(), &c->experts, c->xp.data(), stack(), h.plan);
+    combine_rows(y, 0.f, c->yp.data(), w, h.plan, H);
+    return;
+  }
+  // The six phases (token_dispatcher.h); only token_dispatch / token_combine communicate.
+  parallel::Communicator& g = *ep_.group;
+  std::vector<float> recv;
+  dispatch_preprocess(&c->dispatch, &c->xp, x, c->router.idx.data(), T, k, d_.experts, H, g.size());
+  token_dispatch(&recv, &c->dispatch, c->xp.data(), H, g);
+  dispatch_postprocess(&c->xg, recv.data(), c->dispatch, H);
+  c->yg.resize(c->xg.size());
+  experts_forward(c->yg.data(), &c->experts, c->xg.data(), stack(), c->dispatch.expert_layout);
+  combine_preprocess(&recv, c->yg.data(), c->dispatch, H);
+  token_combine(&c->yp, recv.data(), c->dispatch, H, g);
+  combine_postprocess(y, c->yp.data(), w, c->dispatch, H);
+}
+
+void MoeLayer::routed_backward(float* dx, float* dw, const float* dy, const MoeCache& c) const {
+  const int64_t T = c.router.tokens, H = d_.hidden, k = d_.topk;
+  const DispatchHandle& h = c.dispatch;
+  std::vector<float> dyp(T * k * H);
+  combine_rows_backward(dyp.data(), dw, dy, c.yp.data(), c.router.weights.data(), h.plan, H);
+  if (!ep_.active()) {
+    std::vector<float> dxp(T * k * H);
+    experts_backward(dxp.data(), dyp.data(), c.xp.data(), c.experts, stack(), h.plan);
+    dispatch_rows_backward(dx, 0.f, dxp.data(), h.plan, H);
+    return;
+  }
+  // Reverse of the forward phases with the same handle: dy rows travel to the expert owners,
+  // the input gradients travel back.
+  parallel::Communicator& g = *ep_.group;
+  std::vector<float> drecv, dyg, dxg(c.xg.size()), dxp;
+  token_combine_backward(&drecv, dyp.data(), h, H, g);
+  dispatch_postprocess(&dyg, drecv.data(), h, H);  // inverse of combine_preprocess
+  experts_backward(dxg.data(), dyg.data(), c.xg.data(), c.experts, stack(), h.expert_layout);
+  combine_preprocess(&drecv, dxg.data(), h, H);  // inverse of dispatch_postprocess
+  token_dispatch_backward(&dxp, drecv.data(), h, H, g);
+  dispatch_rows_backward(dx, 0.f, dxp.data(), h.plan, H);
+}
+
 void MoeLayer::forward(float* y, MoeCache* c, const float* x, int64_t T) const {
   const int64_t H = d_.hidden, k = d_.topk;
   router_forward(&c->router, x, p_.router.w, T, H, d_.experts, k, d_.norm_topk);
-  c->plan = make_dispatch_plan(c->router.idx.data(), T, k, d_.experts);
-  c->xp.resize(T * k * H);
-  c->yp.resize(T * k * H);
-  dispatch_rows(c->xp.data(), x, c->plan, H);
-  experts_forward(c->yp.data(), &c->experts, c->xp.data(), stack(), c->plan);
-  combine_rows(y, 0.f, c->yp.data(), c->router.weights.data(), c->plan, H);
+  routed_forward(y, c, x, T);
   if (!p_.shared_gate_up.w) return;
   const int64_t Is = d_.shared_inter;
   c->s_gu.resize(T * 2 * Is);
@@ -43,7 +102,7 @@ RouterStats MoeLayer::stats(const MoeCache& c) const {
   s.tokens = r.tokens;
   s.counts.assign(r.experts, 0.0);
   s.prob_sum.assign(r.experts, 0.0);
-  for (int64_t e = 0; e < r.experts; ++e) s.counts[e] = static_cast<double>(c.plan.counts[e]);
+  for (int64_t e = 0; e < r.experts; ++e) s.counts[e] = static_cast<double>(c.dispatch.plan.counts[e]);
   for (int64_t t = 0; t < r.tokens; ++t) {
     for (int64_t e = 0; e < r.experts; ++e) s.prob_sum[e] += r.probs[t * r.experts + e];
     s.lse_sq_sum += static_cast<double>(r.lse[t]) * r.lse[t];
@@ -55,10 +114,8 @@ void MoeLayer::backward(float* dx, const float* dy, const MoeCache& c, const flo
                         float z_scale) const {
   const int64_t T = c.router.tokens, H = d_.hidden, k = d_.topk, E = d_.experts;
   // Routed path: combine -> experts -> dispatch.
-  std::vector<float> dyp(T * k * H), dxp(T * k * H), dw(T * k);
-  combine_rows_backward(dyp.data(), dw.data(), dy, c.yp.data(), c.router.weights.data(), c.plan, H);
-  experts_backward(dxp.data(), dyp.data(), c.xp.data(), c.experts, stack(), c.plan);
-  dispatch_rows_backward(dx, 0.f, dxp.data(), c.plan, H);
+  std::vector<float> dw(T * k);
+  routed_backward(dx, dw.data(), dy, c);
   // Router.
   std::vector<float> dlogits(T * E);
   router_backward(dlogits.data(), c.router, dw.data(), dprob, z_scale);

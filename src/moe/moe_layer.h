@@ -2,6 +2,11 @@
 // always-on shared expert scaled by a per-token sigmoid gate:
 //   y = sum_j w_j expert_{i_j}(x) + sigmoid(x . w_sg) * shared(x)
 // or, without the gate (DeepSeekMoE, arXiv 2401.06066 eq. 9), y = routed + shared(x).
+// With expert parallelism (ExpertParallel with a group of size > 1) the layer holds only its
+// E/ep experts and the routed path goes through the all-to-all dispatcher
+// (moe/token_dispatcher.h); every rank of the ep group must run forward and backward of the
+// same layers in the same order. Without it the routed path is the local dispatch of
+// moe/dispatch.h, unchanged.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +18,8 @@
 #include "moe/dispatch.h"
 #include "moe/experts.h"
 #include "moe/router.h"
+#include "moe/token_dispatcher.h"
+#include "parallel/communicator.h"
 
 namespace moekit::moe {
 
@@ -29,17 +36,26 @@ struct MoeDims {
   bool norm_topk;
 };
 
+// The expert-parallel group this layer's experts are spread over. The layer does not own it.
+struct ExpertParallel {
+  parallel::Communicator* group = nullptr;  // null or size 1: every expert is local
+  int64_t first_expert = 0;                 // global index of this rank's first expert
+  bool active() const { return group && group->size() > 1; }
+};
+
 struct MoeCache {
   RouterState router;
-  DispatchPlan plan;
-  std::vector<float> xp, yp;  // (T*k, H) dispatched inputs and expert outputs
+  DispatchHandle dispatch;    // dispatch.plan: the local (token, slot) -> row plan
+  std::vector<float> xp, yp;  // (T*k, H) dispatched inputs and expert outputs (plan order)
+  std::vector<float> xg, yg;  // expert parallel: (R, H) received rows grouped by local expert
   ExpertsCache experts;
   std::vector<float> s_gu, s_act, s_out, s_gate;  // shared expert: (T,2Is), (T,Is), (T,H), (T); last two gated only
 };
 
 class MoeLayer {
  public:
-  MoeLayer(MoeParams p, MoeDims d) : p_(p), d_(d) {}
+  // p.experts points at this rank's first expert (E/ep of them with expert parallelism).
+  MoeLayer(MoeParams p, MoeDims d, ExpertParallel ep = {});
 
   void forward(float* y, MoeCache* c, const float* x, int64_t tokens) const;
   RouterStats stats(const MoeCache& c) const;
@@ -47,11 +63,17 @@ class MoeLayer {
   void backward(float* dx, const float* dy, const MoeCache& c, const float* x, const float* dprob,
                 float z_scale) const;
 
-  ExpertStack stack() const { return {p_.experts.w, p_.experts.g, d_.experts, d_.hidden, d_.inter}; }
+  int64_t local_experts() const { return local_experts_; }
+  ExpertStack stack() const { return {p_.experts.w, p_.experts.g, local_experts_, d_.hidden, d_.inter}; }
 
  private:
+  void routed_forward(float* y, MoeCache* c, const float* x, int64_t tokens) const;
+  void routed_backward(float* dx, float* dweights, const float* dy, const MoeCache& c) const;
+
   MoeParams p_;
   MoeDims d_;
+  ExpertParallel ep_;
+  int64_t local_experts_;
 };
 
 }  // namespace moekit::moe

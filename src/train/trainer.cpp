@@ -1,5 +1,8 @@
-// moekit train on one process: the loop of trainer.h. Distributed runs reuse the same steps with
-// the data-parallel slice and the gradient sync in between (parallel/).
+// moekit train: the loop of trainer.h. One process is the special case of a ParallelContext of
+// one rank. With W ranks every rank runs the same loop on its slice of the global batch, and the
+// points where ranks must agree are explicit: gradient sync and the global norm (parallel/
+// grad_sync.h), the step's loss, skip and stop decisions (all-reduced so no rank takes another
+// branch), evaluation, and checkpoints (each rank writes what it owns; rank 0 commits).
 #include "train/trainer.h"
 
 #include <sys/resource.h>
@@ -28,6 +31,8 @@
 #include "data/synth.h"
 #include "model/model.h"
 #include "optim/optim.h"
+#include "parallel/grad_sync.h"
+#include "parallel/zero1.h"
 #include "train/metrics.h"
 #include "train/tfevents.h"
 
@@ -106,14 +111,16 @@ double chosen_aux(const model::LossTerms& t, model::AuxLossForm form) {
   switch (form) {
     case model::AuxLossForm::kHfPooled: return t.aux_hf;
     case model::AuxLossForm::kSwitch: return t.aux_switch;
+    case model::AuxLossForm::kGlobalBatch: return t.aux_global;
     default: return std::isnan(t.aux_hf) ? 0.0 : t.aux_hf;
   }
 }
 
-// Build the data set, generating the synthetic corpus first when the config asks for it.
-data::TokenDataset open_training_data(const config::RunConfig& cfg) {
+// Build the data set, generating the synthetic corpus first when the config asks for it (rank 0
+// writes it; the others wait, then open the same files).
+data::TokenDataset open_training_data(const config::RunConfig& cfg, parallel::ParallelContext& ctx) {
   const std::string& first = cfg.data.train.front();
-  if (cfg.data.synth && !fs::exists(first + ".idx")) {
+  if (ctx.topo.rank() == 0 && cfg.data.synth && !fs::exists(first + ".idx")) {
     data::SynthConfig sc;
     sc.vocab_size = cfg.model_config.vocab_size;
     sc.num_tokens = cfg.data.synth_tokens;
@@ -128,12 +135,13 @@ data::TokenDataset open_training_data(const config::RunConfig& cfg) {
     log_info("data: ", st.documents, " documents, ", st.tokens, " tokens; entropy bound ", st.entropy_bound,
              " nats/token (uniform guess ", st.log_vocab, ")");
   }
+  ctx.world->barrier();
   return data::TokenDataset::open(cfg.data.train);
 }
 
 class Trainer {
  public:
-  explicit Trainer(const config::RunConfig& cfg);
+  Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx);
   TrainSummary run();
 
  private:
@@ -148,15 +156,28 @@ class Trainer {
   void evaluate();
   void save_checkpoint();
   void log_step(const StepResult& r, double lr, double step_seconds);
+  void open_logs(bool append);
   json meta_json() const;
+  bool rank0() const { return ctx_.topo.rank() == 0; }
+  bool owns_in_checkpoint(const model::ParamSpec& s) const;
+  // What optimizer tensor i is: rows [row_begin, row_begin + rows) of spec `spec` (rows -1: all).
+  struct OptSlice {
+    size_t spec;
+    int64_t row_begin, rows;
+  };
+  parallel::GradArenas grad_arenas();
 
   config::RunConfig cfg_;
+  parallel::ParallelContext& ctx_;
   const config::ModelConfig& mc_;
   std::string ckpt_dir_;
   model::LossConfig loss_;
   std::unique_ptr<model::Model> model_;
   std::unique_ptr<data::Loader> loader_;
   std::unique_ptr<optim::AdamW> opt_;
+  std::vector<optim::TensorRef> all_refs_;  // every local tensor (opt_ may hold only slices)
+  std::vector<OptSlice> opt_slices_;        // parallel to opt_->tensors()
+  std::unique_ptr<parallel::Zero1> zero_;   // set when parallel.zero1
   std::unique_ptr<optim::LossScaler> scaler_;
   optim::OptimConfig ocfg_;
   std::unique_ptr<JsonlWriter> metrics_, evals_, load_log_;
@@ -179,19 +200,30 @@ class Trainer {
   int64_t nan_step_ = -1, kill_step_ = -1, signal_step_ = -1;
 };
 
-Trainer::Trainer(const config::RunConfig& cfg)
-    : cfg_(cfg), mc_(cfg_.model_config), ckpt_dir_((fs::path(cfg.run_dir) / "checkpoints").string()) {
-  cfg_.validate(1);
+Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
+    : cfg_(cfg), ctx_(ctx), mc_(cfg_.model_config), ckpt_dir_((fs::path(cfg.run_dir) / "checkpoints").string()) {
+  MOEKIT_CHECK(cfg_.parallel.ep == ctx_.topo.ep(), "train: parallel.ep ", cfg_.parallel.ep,
+               " but the process groups were made for ep ", ctx_.topo.ep());
+  parallel::LayoutRequest lr;
+  lr.world = ctx_.topo.world();
+  lr.ep = ctx_.topo.ep();
+  lr.num_experts = mc_.is_moe() ? mc_.num_experts : 0;
+  lr.global_batch = cfg_.train.global_batch_size;
+  lr.micro_batch = cfg_.train.micro_batch_size;
+  parallel::validate_layout(lr);
+  cfg_.validate(ctx_.topo.world());
   ocfg_ = optim::optim_config_from_yaml(YAML::Load(cfg_.optim_yaml), cfg_.source);
   ocfg_.validate();
   loss_ = loss_config(cfg_);
-  n_micro_ = cfg_.train.global_batch_size / cfg_.train.micro_batch_size;
+  // Each rank runs global / (micro x W) micro-batches of its slice per step.
+  n_micro_ = cfg_.train.global_batch_size / (cfg_.train.micro_batch_size * ctx_.topo.world());
   nan_step_ = env_step("MOEKIT_DEBUG_NAN_STEP");
   kill_step_ = env_step("MOEKIT_DEBUG_KILL_STEP");
   signal_step_ = env_step("MOEKIT_DEBUG_SIGNAL_STEP");
 }
 
 void Trainer::prepare_run_dir() {
+  if (!rank0()) return;
   fs::create_directories(cfg_.run_dir);
   const bool has_run = fs::exists(fs::path(cfg_.run_dir) / "metrics.jsonl");
   MOEKIT_CHECK(!has_run || cfg_.resume != "none", "run_dir '", cfg_.run_dir,
@@ -203,19 +235,45 @@ void Trainer::prepare_run_dir() {
 }
 
 void Trainer::init_weights() {
-  model_ = std::make_unique<model::Model>(mc_);
+  model_ = std::make_unique<model::Model>(mc_, model::ModelParallel{ctx_.world.get(), ctx_.ep.get()});
   if (!cfg_.init_from.empty()) {
     log_info("init: weights from ", cfg_.init_from);
     checkpoint::load_hf_weights(model_.get(), checkpoint::SafetensorsDir::open(cfg_.init_from));
   } else {
     model_->params().init(cfg_.seed, mc_.initializer_range);
   }
+  auto& P = model_->params();
+  const auto& specs = P.specs();
+  all_refs_.clear();
+  for (const auto& s : specs) {
+    model::Param p = P.get(s.name);
+    all_refs_.push_back({s.name, p.w, p.g, s.numel()});
+  }
+  // The optimizer updates whole tensors, or with ZeRO-1 this rank's row slices of them.
   std::vector<optim::TensorRef> refs;
-  for (const auto& s : model_->params().specs()) {
-    model::Param p = model_->params().get(s.name);
-    refs.push_back({s.name, p.w, p.g, s.numel()});
+  opt_slices_.clear();
+  if (!cfg_.parallel.zero1) {
+    refs = all_refs_;
+    for (size_t i = 0; i < specs.size(); ++i) opt_slices_.push_back({i, 0, -1});
+  } else {
+    std::vector<parallel::ArenaTensor> arena[2];
+    std::vector<size_t> spec_of[2];
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const auto& s = specs[i];
+      arena[s.expert].push_back({s.name, s.offset, s.numel(), s.shape.empty() ? 1 : s.shape[0]});
+      spec_of[s.expert].push_back(i);
+    }
+    zero_ = std::make_unique<parallel::Zero1>(arena[0], P.numel(false), arena[1], P.numel(true), ctx_);
+    for (int e = 0; e < 2; ++e)
+      for (const auto& sl : e ? zero_->expert_slices() : zero_->dense_slices()) {
+        const size_t i = spec_of[e][sl.tensor];
+        refs.push_back({specs[i].name, P.values(e) + sl.offset, P.grads(e) + sl.offset, sl.numel});
+        opt_slices_.push_back({i, sl.row_begin, sl.rows});
+      }
   }
   opt_ = std::make_unique<optim::AdamW>(ocfg_, std::move(refs));
+  // Mixed precision rounds the weights the optimizer owns: every replica takes the owners' copy.
+  if (zero_) zero_->gather_weights(P.values(false), P.values(true));
   scaler_ = std::make_unique<optim::LossScaler>(ocfg_);
 }
 
@@ -231,55 +289,97 @@ json Trainer::meta_json() const {
   m["consecutive_skips"] = consecutive_skips_;
   m["wall_seconds"] = wall_before_ + seconds_since(t_start_);
   m["seed"] = cfg_.seed;
-  m["layout"] = {{"world", 1}, {"ep", cfg_.parallel.ep}};
+  m["layout"] = {{"world", ctx_.topo.world()}, {"ep", ctx_.topo.ep()}};
+  m["world_size"] = ctx_.topo.world();  // commit_checkpoint then requires every rank's file
+  m["zero1"] = cfg_.parallel.zero1;
   m["model_config"] = json::parse(config::model_config_to_hf_json(mc_));
   m["precision"] = ocfg_.precision == optim::Precision::kFp32 ? "fp32"
                    : ocfg_.precision == optim::Precision::kBf16 ? "bf16" : "fp16";
   return m;
 }
 
+// Every tensor is written exactly once over the ranks (the reader refuses overlapping pieces):
+// dense tensors by rank 0, an expert by the first replica of its edp group (edp_rank 0), which
+// holds it whole under its global HF name.
+bool Trainer::owns_in_checkpoint(const model::ParamSpec& s) const {
+  return s.expert ? ctx_.topo.edp_rank() == 0 : rank0();
+}
+
 void Trainer::save_checkpoint() {
   const auto t0 = Clock::now();
   {
-    checkpoint::TrainCheckpointWriter w(ckpt_dir_, step_);
+    // Rank 0 creates step_N.tmp/ (removing a stale one), then the others open their files in it.
+    std::unique_ptr<checkpoint::TrainCheckpointWriter> w;
+    if (rank0()) w = std::make_unique<checkpoint::TrainCheckpointWriter>(ckpt_dir_, step_, 0, true);
+    ctx_.world->barrier();
+    if (!rank0())
+      w = std::make_unique<checkpoint::TrainCheckpointWriter>(ckpt_dir_, step_, ctx_.topo.rank(), false);
     const auto& specs = model_->params().specs();
-    for (size_t i = 0; i < specs.size(); ++i) {
-      w.write("master", specs[i].name, specs[i].shape, opt_->master(i));
-      w.write("exp_avg", specs[i].name, specs[i].shape, opt_->exp_avg(i));
-      w.write("exp_avg_sq", specs[i].name, specs[i].shape, opt_->exp_avg_sq(i));
+    for (size_t i = 0; i < opt_slices_.size(); ++i) {
+      const OptSlice& sl = opt_slices_[i];
+      const model::ParamSpec& spec = specs[sl.spec];
+      if (sl.rows < 0) {  // a whole tensor, replicated: one owner writes it
+        if (!owns_in_checkpoint(spec)) continue;
+        w->write("master", spec.name, spec.shape, opt_->master(i));
+        w->write("exp_avg", spec.name, spec.shape, opt_->exp_avg(i));
+        w->write("exp_avg_sq", spec.name, spec.shape, opt_->exp_avg_sq(i));
+        continue;
+      }
+      // ZeRO-1: this rank's rows; the shards of the replicas partition every tensor.
+      Shape piece = spec.shape.empty() ? Shape{1} : spec.shape;
+      const int64_t full_rows = piece[0];
+      piece[0] = sl.rows;
+      w->write("master", spec.name, piece, opt_->master(i), sl.row_begin, full_rows);
+      w->write("exp_avg", spec.name, piece, opt_->exp_avg(i), sl.row_begin, full_rows);
+      w->write("exp_avg_sq", spec.name, piece, opt_->exp_avg_sq(i), sl.row_begin, full_rows);
     }
-    w.close();
+    w->close();
   }
-  config::RunConfig resolved = cfg_;
-  resolved.optim_yaml = optim::optim_config_to_yaml(ocfg_);
-  last_ckpt_ = checkpoint::commit_checkpoint(ckpt_dir_, step_, meta_json(), config::run_config_to_yaml(resolved),
-                                            static_cast<int>(cfg_.checkpoint.keep));
+  ctx_.world->barrier();  // every rank file is closed and renamed before the commit lists them
+  if (rank0()) {
+    config::RunConfig resolved = cfg_;
+    resolved.optim_yaml = optim::optim_config_to_yaml(ocfg_);
+    last_ckpt_ = checkpoint::commit_checkpoint(ckpt_dir_, step_, meta_json(), config::run_config_to_yaml(resolved),
+                                              static_cast<int>(cfg_.checkpoint.keep));
+  }
+  ctx_.world->barrier();  // nobody resumes from or overwrites a checkpoint that is not committed
+  if (!rank0()) last_ckpt_ = (fs::path(ckpt_dir_) / checkpoint::step_dir_name(step_)).string();
   last_ckpt_step_ = step_;
   log_info("checkpoint: step ", step_, " -> ", last_ckpt_, " (", format_duration(seconds_since(t0)), ")");
 }
 
 void Trainer::resume() {
   if (cfg_.resume == "none") return;
-  const std::string dir = checkpoint::resolve_resume(ckpt_dir_, cfg_.resume);
+  // resolve_resume verifies every byte of the candidates: rank 0 does it, the others follow.
+  std::string dir;
+  if (rank0()) dir = checkpoint::resolve_resume(ckpt_dir_, cfg_.resume);
+  int64_t len = static_cast<int64_t>(dir.size());
+  ctx_.world->broadcast(&len, 1, 0);
+  dir.resize(static_cast<size_t>(len));
+  ctx_.world->broadcast(reinterpret_cast<uint8_t*>(dir.data()), len, 0);
   if (dir.empty()) {
     log_info("resume: no checkpoint in ", ckpt_dir_, "; starting from step 0");
     return;
   }
   checkpoint::TrainCheckpointReader r(dir);
   const json& m = r.meta();
+  // Tensors by HF name whatever layout wrote them: each rank reads its tensors (its experts
+  // only), or with ZeRO-1 only the rows of its shard.
   const auto& specs = model_->params().specs();
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const std::string& n = specs[i].name;
+  for (size_t i = 0; i < opt_slices_.size(); ++i) {
+    const OptSlice& sl = opt_slices_[i];
+    const std::string& n = specs[sl.spec].name;
     MOEKIT_CHECK(r.has("master", n), "resume: checkpoint ", dir, " has no tensor '", n,
                  "' (was it written for another model?)");
-    MOEKIT_CHECK(r.shape("master", n) == specs[i].shape, "resume: tensor '", n, "' in ", dir, " has shape ",
-                 shape_str(r.shape("master", n)), ", the model expects ", shape_str(specs[i].shape));
-    r.read("master", n, opt_->master(i));
-    r.read("exp_avg", n, opt_->exp_avg(i));
-    r.read("exp_avg_sq", n, opt_->exp_avg_sq(i));
+    MOEKIT_CHECK(r.shape("master", n) == specs[sl.spec].shape, "resume: tensor '", n, "' in ", dir, " has shape ",
+                 shape_str(r.shape("master", n)), ", the model expects ", shape_str(specs[sl.spec].shape));
+    r.read("master", n, opt_->master(i), sl.row_begin, sl.rows);
+    r.read("exp_avg", n, opt_->exp_avg(i), sl.row_begin, sl.rows);
+    r.read("exp_avg_sq", n, opt_->exp_avg_sq(i), sl.row_begin, sl.rows);
   }
   try {
     opt_->restore(m.at("optimizer_steps").get<int64_t>());
+    if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
     loader_->restore(data::LoaderState::from_json(m.at("loader")));
     scaler_->restore(m.at("loss_scale").get<double>(), m.at("loss_scale_good_steps").get<int64_t>());
     step_ = m.at("step").get<int64_t>();
@@ -318,9 +418,23 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
       for (int32_t e : rs->idx) ++expert_counts_[l][e];
     }
   }
+  // The step's numbers are the means over all ranks (equal slices: the global-batch means), and
+  // the expert load is counted over the global batch. Every rank then sees the same values and
+  // takes the same skip/clip decisions.
+  if (ctx_.distributed()) {
+    double sums[3] = {r.loss, r.aux, r.z};
+    ctx_.world->all_reduce(sums, 3, parallel::ReduceOp::kAvg);
+    r.loss = sums[0], r.aux = sums[1], r.z = sums[2];
+    std::vector<int64_t> counts;
+    for (const auto& c : expert_counts_) counts.insert(counts.end(), c.begin(), c.end());
+    ctx_.world->all_reduce(counts.data(), static_cast<int64_t>(counts.size()), parallel::ReduceOp::kSum);
+    size_t at = 0;
+    for (auto& c : expert_counts_)
+      for (auto& v : c) v = counts[at++];
+  }
   if (step_ == nan_step_) r.loss = std::numeric_limits<double>::quiet_NaN();
 
-  const auto& refs = opt_->tensors();
+  const auto& refs = all_refs_;
   // Micro-batch losses are means over equal token counts: average their gradients.
   float gscale = 1.0f / static_cast<float>(n_micro_);
   bool overflow = false;
@@ -337,7 +451,15 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
     gscale = 1.0f;
   }
   if (gscale != 1.0f) optim::scale_grads(refs, gscale);
-  r.grad_norm = optim::global_grad_norm(refs);
+  if (ctx_.distributed())
+    overflow = ctx_.world->all_reduce_value<int32_t>(overflow ? 1 : 0, parallel::ReduceOp::kMax) != 0;
+  if (zero_) {
+    zero_->reduce_gradients(grad_arenas());
+    r.grad_norm = zero_->grad_norm(grad_arenas());
+  } else {
+    parallel::sync_gradients(grad_arenas(), ctx_);
+    r.grad_norm = parallel::global_grad_norm(grad_arenas(), ctx_);
+  }
   const bool finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm) && !overflow;
   if (ocfg_.precision == optim::Precision::kFp16 && scaler_->update(!finite)) {
     r.skipped = true;
@@ -361,10 +483,16 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   if (ocfg_.clip_grad_norm > 0) {
     // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
     const double coef = ocfg_.clip_grad_norm / (r.grad_norm + 1e-6);
-    if (coef < 1.0) optim::scale_grads(refs, static_cast<float>(coef));
+    if (coef < 1.0) optim::scale_grads(opt_->tensors(), static_cast<float>(coef));
   }
   opt_->step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
+  if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
   return r;
+}
+
+parallel::GradArenas Trainer::grad_arenas() {
+  auto& P = model_->params();
+  return {P.grads(false), P.numel(false), P.grads(true), P.numel(true)};
 }
 
 void Trainer::evaluate() {
@@ -375,13 +503,29 @@ void Trainer::evaluate() {
   int64_t targets = 0;
   model::LossConfig lc;
   lc.aux = model::AuxLossForm::kNone;
-  for (int64_t w = 0; w < n; w += B) {
+  // Batch i goes to rank i % W. With expert parallelism a forward is a collective of the ep
+  // group, so every rank makes the same number of forwards: a rank out of batches repeats the
+  // first one and ignores the result.
+  const int W = ctx_.topo.world(), rank = ctx_.topo.rank();
+  const int64_t batches = (n + B - 1) / B, rounds = (batches + W - 1) / W;
+  for (int64_t round = 0; round < rounds; ++round) {
+    const int64_t i = round * W + rank;
+    const bool real = i < batches;
+    const int64_t w = real ? i * B : 0;
     const data::Batch b = loader_->valid_batch(w, std::min(B, n - w));
     const model::LossTerms t = model_->forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, lc, false);
+    if (!real) continue;
     ce_sum += t.ce * t.targets;
     targets += t.targets;
   }
+  if (ctx_.distributed()) {
+    double sums[2] = {ce_sum, static_cast<double>(targets)};
+    ctx_.world->all_reduce(sums, 2, parallel::ReduceOp::kSum);
+    ce_sum = sums[0];
+    targets = static_cast<int64_t>(sums[1]);
+  }
   last_eval_ = ce_sum / targets;
+  if (!rank0()) return;
   json j{{"step", step_}, {"loss", last_eval_}, {"ppl", std::exp(last_eval_)}, {"tokens", targets},
          {"train_tokens", tokens_}};
   evals_->write(j.dump());
@@ -390,7 +534,24 @@ void Trainer::evaluate() {
   log_info("eval: step ", step_, " loss ", last_eval_, " ppl ", std::exp(last_eval_), " (", targets, " tokens)");
 }
 
+// Rank 0's log files; a resumed run first drops the lines written after its checkpoint.
+void Trainer::open_logs(bool append) {
+  const std::string run = cfg_.run_dir;
+  if (append) {
+    truncate_jsonl(run + "/metrics.jsonl", step_);
+    truncate_jsonl(run + "/eval.jsonl", step_);
+    truncate_jsonl(run + "/expert_load.jsonl", step_);
+  }
+  metrics_ = std::make_unique<JsonlWriter>(run + "/metrics.jsonl", append);
+  evals_ = std::make_unique<JsonlWriter>(run + "/eval.jsonl", append);
+  if (mc_.is_moe()) load_log_ = std::make_unique<JsonlWriter>(run + "/expert_load.jsonl", append);
+  fs::create_directories(run + "/tb");
+  tb_ = std::make_unique<TfEventsWriter>(run + "/tb");
+  if (append) tb_->session_start(step_ + 1);
+}
+
 void Trainer::log_step(const StepResult& r, double lr, double step_seconds) {
+  if (!rank0()) return;  // the numbers are global already; one writer
   const int64_t step_tokens = cfg_.train.global_batch_size * cfg_.train.seq_len;
   const double tps = step_tokens / step_seconds;
   const double mfu = flops_.train_flops_per_token() * tps / peak_flops_;
@@ -452,32 +613,28 @@ TrainSummary Trainer::run() {
   lc.valid_fraction = cfg_.data.valid_fraction;
   lc.split_seed = static_cast<uint64_t>(cfg_.data.synth_seed);
   lc.eos_id = cfg_.data.eos_id;
-  loader_ = std::make_unique<data::Loader>(open_training_data(cfg_), lc);
+  loader_ = std::make_unique<data::Loader>(open_training_data(cfg_, ctx_), lc);
   prepare_run_dir();  // after the data checks: a bad dataset leaves no run directory behind
   init_weights();
   resume();
 
   const std::string run = cfg_.run_dir;
   const bool append = step_ > 0;
-  if (append) {
-    truncate_jsonl(run + "/metrics.jsonl", step_);
-    truncate_jsonl(run + "/eval.jsonl", step_);
-    truncate_jsonl(run + "/expert_load.jsonl", step_);
-  }
-  metrics_ = std::make_unique<JsonlWriter>(run + "/metrics.jsonl", append);
-  evals_ = std::make_unique<JsonlWriter>(run + "/eval.jsonl", append);
-  if (mc_.is_moe()) load_log_ = std::make_unique<JsonlWriter>(run + "/expert_load.jsonl", append);
-  fs::create_directories(run + "/tb");
-  tb_ = std::make_unique<TfEventsWriter>(run + "/tb");
-  if (append) tb_->session_start(step_ + 1);
+  if (rank0()) open_logs(append);
+  ctx_.world->barrier();
 
   flops_ = count_flops(mc_, cfg_.train.seq_len);
-  peak_flops_ = cfg_.train.peak_flops > 0 ? cfg_.train.peak_flops : measure_gemm_flops();
-  log_info("train: ", mc_.model_type, " with ", model_->params().numel(), " parameters (",
+  // The GEMM probe runs on rank 0 alone (ranks measuring at once would measure each other);
+  // MFU is then against W times that rate.
+  peak_flops_ = cfg_.train.peak_flops > 0 ? cfg_.train.peak_flops : rank0() ? measure_gemm_flops() : 0.0;
+  ctx_.world->broadcast(&peak_flops_, 1, 0);
+  peak_flops_ *= ctx_.topo.world();
+  log_info("train: ", mc_.model_type, " with ", model_->params().numel(), " parameters on rank 0 (",
            static_cast<int64_t>(flops_.params_active), " active), ", loader_->num_train_documents(),
            " train / ", loader_->num_valid_documents(), " validation documents, ",
            cfg_.train.global_batch_size * cfg_.train.seq_len, " tokens per step, ", n_micro_,
-           " micro-batches; MFU against ", peak_flops_ / 1e9, " GFLOP/s");
+           " micro-batches per rank; ", ctx_.topo.world(), " rank(s), ep ", ctx_.topo.ep(), ", edp ",
+           ctx_.topo.edp(), "; MFU against ", peak_flops_ / 1e9, " GFLOP/s");
 
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
@@ -486,7 +643,7 @@ TrainSummary Trainer::run() {
   while (step_ < cfg_.train.steps) {
     const auto t0 = Clock::now();
     const double lr = optim::lr_at(ocfg_, step_, cfg_.train.steps);
-    const data::Batch batch = loader_->next_global_batch();
+    const data::Batch batch = loader_->next_batch(ctx_.topo.rank(), ctx_.topo.world());
     const StepResult r = train_step(batch);
     ++step_;
     tokens_ += step_tokens;
@@ -496,8 +653,12 @@ TrainSummary Trainer::run() {
     if (cfg_.checkpoint.every > 0 && step_ % cfg_.checkpoint.every == 0) save_checkpoint();
     if (step_ == kill_step_) std::raise(SIGKILL);
     if (step_ == signal_step_) std::raise(SIGTERM);
-    if (g_signal.load() != 0 && step_ < cfg_.train.steps) {
-      log_warn("train: received signal ", g_signal.load(), " after step ", step_, "; checkpointing and stopping");
+    // A signal may reach some ranks only (or at different steps): stop together.
+    int32_t sig = g_signal.load();
+    if (ctx_.distributed()) sig = ctx_.world->all_reduce_value<int32_t>(sig, parallel::ReduceOp::kMax);
+    if (sig != 0 && step_ < cfg_.train.steps) {
+      g_signal.store(sig);
+      log_warn("train: received signal ", sig, " after step ", step_, "; checkpointing and stopping");
       if (last_ckpt_step_ != step_) save_checkpoint();
       sum.interrupted = true;
       break;
@@ -507,7 +668,7 @@ TrainSummary Trainer::run() {
     if (cfg_.train.eval_every == 0 || step_ % cfg_.train.eval_every != 0) evaluate();
     if (last_ckpt_step_ != step_) save_checkpoint();
   }
-  tb_->flush();
+  if (tb_) tb_->flush();
   std::signal(SIGTERM, SIG_DFL);
   std::signal(SIGINT, SIG_DFL);
 
@@ -531,22 +692,29 @@ TrainSummary Trainer::run() {
          {"params_total", flops_.params_total},
          {"params_active", flops_.params_active},
          {"peak_flops", peak_flops_},
-         {"world", 1},
+         {"world", ctx_.topo.world()},
+         {"ep", ctx_.topo.ep()},
          {"peak_rss_mib", peak_rss_mib()},
          {"base_rss_mib", base_rss_mib_},
          {"skipped_steps", sum.skipped_steps},
          {"interrupted", sum.interrupted},
          {"last_checkpoint", sum.last_checkpoint}};
-  write_file_atomic(run + "/summary.json", s.dump(2) + "\n");
+  if (rank0()) write_file_atomic(run + "/summary.json", s.dump(2) + "\n");
   if (sum.interrupted) sum.stop_signal = g_signal.exchange(0);
   return sum;
 }
 
 }  // namespace
 
-TrainSummary run_training(const config::RunConfig& cfg) {
-  Trainer t(cfg);
+TrainSummary run_training(const config::RunConfig& cfg, parallel::ParallelContext& ctx) {
+  Trainer t(cfg, ctx);
   return t.run();
+}
+
+TrainSummary run_training(const config::RunConfig& cfg) {
+  auto ctx = parallel::make_parallel_context(std::make_unique<parallel::LocalCommunicator>("world"),
+                                             static_cast<int>(cfg.parallel.ep));
+  return run_training(cfg, *ctx);
 }
 
 }  // namespace moekit::train

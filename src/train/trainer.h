@@ -16,6 +16,7 @@
 #include <string>
 
 #include "config/run_config.h"
+#include "parallel/bootstrap.h"
 
 namespace moekit::train {
 
@@ -36,6 +37,12 @@ struct TrainSummary {
 //   MOEKIT_DEBUG_NAN_STEP=K   the loss of step K is replaced by NaN (exercises the NaN policy)
 //   MOEKIT_DEBUG_KILL_STEP=K  the process SIGKILLs itself after step K's update (crash test)
 //   MOEKIT_DEBUG_SIGNAL_STEP=K  raises SIGTERM after step K (preemption test)
+// Distributed runs (docs/PARALLEL.md): every rank of `ctx` calls it with the same config. Each
+// rank trains on its slice of every global batch with its experts (ctx.topo); gradients are
+// synchronised (dense over all ranks, experts over the edp group), rank 0 writes the logs, and
+// every rank writes only what it owns into the checkpoints.
+TrainSummary run_training(const config::RunConfig& cfg, parallel::ParallelContext& ctx);
+// One process (a LocalCommunicator context).
 TrainSummary run_training(const config::RunConfig& cfg);
 
 }  // namespace moekit::train

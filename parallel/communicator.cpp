@@ -1,0 +1,121 @@
+#include "parallel/communicator.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/check.h"
+
+namespace moekit::parallel {
+
+size_t data_type_size(DataType t) {
+  switch (t) {
+    case DataType::kF32: return 4;
+    case DataType::kF64: return 8;
+    case DataType::kI32: return 4;
+    case DataType::kI64: return 8;
+    case DataType::kU8: return 1;
+  }
+  MOEKIT_FAIL("unknown communicator data type ", static_cast<int>(t));
+}
+
+const char* data_type_name(DataType t) {
+  switch (t) {
+    case DataType::kF32: return "f32";
+    case DataType::kF64: return "f64";
+    case DataType::kI32: return "i32";
+    case DataType::kI64: return "i64";
+    case DataType::kU8: return "u8";
+  }
+  return "?";
+}
+
+void check_all_to_all_v(const Communicator& c, const int64_t* recv_counts, const int64_t* recv_displs,
+                        const int64_t* send_counts, const int64_t* send_displs) {
+  for (int r = 0; r < c.size(); ++r) {
+    MOEKIT_CHECK(send_counts[r] >= 0 && send_displs[r] >= 0 && recv_counts[r] >= 0 && recv_displs[r] >= 0,
+                 "all_to_all_v on group '", c.name(), "' (rank ", c.rank(), "): negative count or displacement for peer ",
+                 r, " (send ", send_counts[r], " at ", send_displs[r], ", recv ", recv_counts[r], " at ", recv_displs[r],
+                 ")");
+  }
+}
+
+// ---- LocalCommunicator -------------------------------------------------------------------
+// A group of one: every reduction is the identity, every exchange a copy (memmove, since a
+// caller may legitimately pass the same buffer as input and output).
+
+void LocalCommunicator::all_reduce(void* data, int64_t count, DataType type, ReduceOp op) {
+  MOEKIT_CHECK(count >= 0, "all_reduce: negative count ", count);
+  MOEKIT_CHECK(op != ReduceOp::kAvg || type == DataType::kF32 || type == DataType::kF64,
+               "all_reduce: average of integer type ", data_type_name(type));
+  stats_.all_reduce_bytes += count * static_cast<int64_t>(data_type_size(type));
+  ++stats_.calls;
+  (void)data;
+}
+
+void LocalCommunicator::reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) {
+  MOEKIT_CHECK(count >= 0, "reduce_scatter: negative count ", count);
+  const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
+  stats_.reduce_scatter_bytes += static_cast<int64_t>(bytes);
+  ++stats_.calls;
+  if (bytes) std::memmove(out, in, bytes);
+  (void)op;
+}
+
+void LocalCommunicator::all_gather(void* out, const void* in, int64_t count, DataType type) {
+  MOEKIT_CHECK(count >= 0, "all_gather: negative count ", count);
+  const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
+  stats_.all_gather_bytes += static_cast<int64_t>(bytes);
+  ++stats_.calls;
+  if (bytes) std::memmove(out, in, bytes);
+}
+
+void LocalCommunicator::reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type,
+                                         ReduceOp op) {
+  reduce_scatter(out, in, counts[0], type, op);
+}
+
+void LocalCommunicator::all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) {
+  all_gather(out, in, counts[0], type);
+}
+
+void LocalCommunicator::all_to_all(void* out, const void* in, int64_t count, DataType type) {
+  MOEKIT_CHECK(count >= 0, "all_to_all: negative count ", count);
+  const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
+  ++stats_.calls;
+  if (bytes) std::memmove(out, in, bytes);
+}
+
+void LocalCommunicator::all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs,
+                                     const void* send, const int64_t* send_counts, const int64_t* send_displs,
+                                     int64_t unit, DataType type) {
+  check_all_to_all_v(*this, recv_counts, recv_displs, send_counts, send_displs);
+  MOEKIT_CHECK(send_counts[0] == recv_counts[0], "all_to_all_v on group '", name(), "': a single rank sends ",
+               send_counts[0], " units to itself but expects ", recv_counts[0]);
+  ++stats_.calls;
+  const size_t ub = static_cast<size_t>(unit) * data_type_size(type);
+  if (send_counts[0])
+    std::memmove(static_cast<char*>(recv) + recv_displs[0] * ub, static_cast<const char*>(send) + send_displs[0] * ub,
+                 send_counts[0] * ub);
+}
+
+void LocalCommunicator::broadcast(void* data, int64_t count, DataType type, int root) {
+  MOEKIT_CHECK(root == 0, "broadcast on group '", name(), "': root ", root, " is outside a group of one");
+  stats_.broadcast_bytes += count * static_cast<int64_t>(data_type_size(type));
+  ++stats_.calls;
+  (void)data;
+}
+
+std::unique_ptr<Communicator> LocalCommunicator::split(int color, int key, const std::string& name) {
+  (void)color;
+  (void)key;
+  return std::make_unique<LocalCommunicator>(name);
+}
+
+void LocalCommunicator::abort(int code, const std::string& message) {
+  std::fprintf(stderr, "moekit: error: %s\n", message.c_str());
+  std::fflush(stderr);
+  std::exit(code == 0 ? 1 : code);
+}
+
+}  // namespace moekit::parallel

@@ -1,0 +1,153 @@
+// The all-to-all token dispatcher over the ep group of mpirun ranks, against host oracles.
+// Every rank can recompute every rank's routing (it is a function of the world rank), so each
+// checks exactly which rows it must receive and what it must get back. The inputs are chosen
+// so that mistakes cannot cancel:
+//  - tokens are tagged with (world rank, token, column): x = 1000 g + 10 t + c (DeepEP's trick);
+//  - combine weights are distinct per (rank, token, slot) (NCCL-EP's trick);
+//  - the last expert is never chosen (an expert that receives nothing) and the last ep rank
+//    of each group has no tokens (a rank that sends nothing but still receives);
+//  - "experts" are affine maps y = (e + 1) x + e / 2 that depend on the global expert id, so a
+//    row delivered to the wrong expert changes the result.
+#include <cmath>
+#include <vector>
+
+#include "moe/token_dispatcher.h"
+#include "mpi_gtest.h"
+
+namespace moekit {
+namespace {
+
+constexpr int64_t kTopk = 2, kHidden = 6;
+
+struct RankRouting {
+  int64_t tokens = 0;
+  std::vector<int32_t> idx;  // (T, k)
+  std::vector<float> x, w;   // (T, H), (T, k)
+};
+
+// Routing of world rank g at ep position p of a group of P, with E = 3P experts.
+RankRouting routing_of(int g, int p, int P) {
+  const int64_t E = 3 * P, usable = E - 1;  // expert E-1 is never chosen
+  RankRouting r;
+  r.tokens = p == P - 1 ? 0 : 5 + 3 * p;
+  for (int64_t t = 0; t < r.tokens; ++t) {
+    const int32_t a = static_cast<int32_t>((g * 7 + t * 3) % usable);
+    const int64_t off = 1 + (usable > 2 ? t % (usable - 1) : 0);  // in [1, usable-1]: distinct from a
+    r.idx.push_back(a);
+    r.idx.push_back(static_cast<int32_t>((a + off) % usable));
+    for (int64_t j = 0; j < kTopk; ++j) r.w.push_back(1.f + 0.001f * static_cast<float>(g * 64 + t * kTopk + j));
+    for (int64_t c = 0; c < kHidden; ++c) r.x.push_back(static_cast<float>(1000 * g + 10 * t + c));
+  }
+  return r;
+}
+
+float expert_a(int64_t e) { return static_cast<float>(e + 1); }
+float expert_b(int64_t e) { return 0.5f * static_cast<float>(e); }
+
+TEST(TokenDispatcher, RankTaggedRoundTripForwardAndBackward) {
+  auto& ctx = test::mpi_context();
+  parallel::Communicator& ep = *ctx.ep;
+  const int P = ep.size(), p = ep.rank(), g = ctx.world->rank();
+  const int64_t E = 3 * P, El = 3, first = p * El, H = kHidden, k = kTopk;
+  const RankRouting me = routing_of(g, p, P);
+  const int64_t T = me.tokens;
+
+  moe::DispatchHandle h;
+  std::vector<float> xp, recv, xg;
+  moe::dispatch_preprocess(&h, &xp, me.x.data(), me.idx.data(), T, k, E, H, P);
+  moe::token_dispatch(&recv, &h, xp.data(), H, ep);
+  moe::dispatch_postprocess(&xg, recv.data(), h, H);
+
+  // Oracle of what reaches this rank, per local expert, in (source rank, token) order.
+  std::vector<std::vector<std::vector<float>>> want(El);
+  for (int q = 0; q < P; ++q) {
+    const int gq = ctx.topo.rank_at(q, ctx.topo.edp_rank());
+    const RankRouting src = routing_of(gq, q, P);
+    for (int64_t e = 0; e < El; ++e)
+      for (int64_t t = 0; t < src.tokens; ++t)
+        for (int64_t j = 0; j < k; ++j)
+          if (src.idx[t * k + j] == first + e)
+            want[e].emplace_back(src.x.begin() + t * H, src.x.begin() + (t + 1) * H);
+  }
+  // No ASSERT here: an early return would leave the peers inside the next collective.
+  EXPECT_EQ(h.expert_layout.counts.size(), static_cast<size_t>(El));
+  for (int64_t e = 0; e < El && h.expert_layout.counts.size() == static_cast<size_t>(El); ++e) {
+    EXPECT_EQ(h.expert_layout.counts[e], static_cast<int64_t>(want[e].size())) << "local expert " << e;
+    if (first + e == E - 1) EXPECT_EQ(h.expert_layout.counts[e], 0) << "the unused expert received rows";
+    for (size_t i = 0; i < want[e].size() && i < static_cast<size_t>(h.expert_layout.counts[e]); ++i)
+      for (int64_t c = 0; c < H; ++c)
+        EXPECT_EQ(xg[(h.expert_layout.offsets[e] + i) * H + c], want[e][i][c]) << "expert " << first + e << " row " << i;
+  }
+
+  // Experts: y = a_e x + b_e on the grouped rows.
+  std::vector<float> yg(xg.size());
+  for (int64_t e = 0; e < El; ++e)
+    for (int64_t r = h.expert_layout.offsets[e]; r < h.expert_layout.offsets[e + 1]; ++r)
+      for (int64_t c = 0; c < H; ++c) yg[r * H + c] = expert_a(first + e) * xg[r * H + c] + expert_b(first + e);
+  std::vector<float> back, yp, out(T * H, -1.f);
+  moe::combine_preprocess(&back, yg.data(), h, H);
+  moe::token_combine(&yp, back.data(), h, H, ep);
+  moe::combine_postprocess(out.data(), yp.data(), me.w.data(), h, H);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < H; ++c) {
+      float o = 0.f;
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t e = me.idx[t * k + j];
+        o += me.w[t * k + j] * (expert_a(e) * me.x[t * H + c] + expert_b(e));
+      }
+      EXPECT_FLOAT_EQ(out[t * H + c], o) << "token " << t << " col " << c;
+    }
+
+  // Backward with the same handle: dweights = dout . y, dx = sum_j w a_e dout.
+  std::vector<float> dout(T * H), dyp(T * k * H), dw(T * k);
+  for (int64_t i = 0; i < T * H; ++i) dout[i] = 0.25f * static_cast<float>(i % 7) - 0.5f + 0.01f * g;
+  moe::combine_rows_backward(dyp.data(), dw.data(), dout.data(), yp.data(), me.w.data(), h.plan, H);
+  std::vector<float> drecv, dyg, dxp, dx(T * H, -1.f);
+  moe::token_combine_backward(&drecv, dyp.data(), h, H, ep);
+  moe::dispatch_postprocess(&dyg, drecv.data(), h, H);
+  std::vector<float> dxg(dyg.size());
+  for (int64_t e = 0; e < El; ++e)
+    for (int64_t r = h.expert_layout.offsets[e]; r < h.expert_layout.offsets[e + 1]; ++r)
+      for (int64_t c = 0; c < H; ++c) dxg[r * H + c] = expert_a(first + e) * dyg[r * H + c];
+  moe::combine_preprocess(&drecv, dxg.data(), h, H);
+  moe::token_dispatch_backward(&dxp, drecv.data(), h, H, ep);
+  moe::dispatch_rows_backward(dx.data(), 0.f, dxp.data(), h.plan, H);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = me.idx[t * k + j];
+      double dot = 0;
+      for (int64_t c = 0; c < H; ++c) dot += dout[t * H + c] * (expert_a(e) * me.x[t * H + c] + expert_b(e));
+      EXPECT_NEAR(dw[t * k + j], dot, 1e-5 * std::fabs(dot) + 1e-4) << "dweight token " << t << " slot " << j;
+    }
+    for (int64_t c = 0; c < H; ++c) {
+      float want_dx = 0.f;
+      for (int64_t j = 0; j < k; ++j) want_dx += me.w[t * k + j] * expert_a(me.idx[t * k + j]) * dout[t * H + c];
+      EXPECT_FLOAT_EQ(dx[t * H + c], want_dx) << "dx token " << t << " col " << c;
+    }
+  }
+}
+
+// Megatron's invariant: dispatch -> identity experts -> combine restores x * sum_j w_j.
+TEST(TokenDispatcher, IdentityExpertsRestoreWeightedInput) {
+  auto& ctx = test::mpi_context();
+  parallel::Communicator& ep = *ctx.ep;
+  const int P = ep.size(), p = ep.rank();
+  const RankRouting me = routing_of(ctx.world->rank(), p, P);
+  const int64_t T = me.tokens, H = kHidden, k = kTopk;
+  moe::DispatchHandle h;
+  std::vector<float> xp, recv, xg, back, yp, out(T * H);
+  moe::dispatch_preprocess(&h, &xp, me.x.data(), me.idx.data(), T, k, 3 * P, H, P);
+  moe::token_dispatch(&recv, &h, xp.data(), H, ep);
+  moe::dispatch_postprocess(&xg, recv.data(), h, H);
+  moe::combine_preprocess(&back, xg.data(), h, H);
+  moe::token_combine(&yp, back.data(), h, H, ep);
+  moe::combine_postprocess(out.data(), yp.data(), me.w.data(), h, H);
+  EXPECT_EQ(yp, xp);  // the round trip returns every row to its place, bit for bit
+  for (int64_t t = 0; t < T; ++t) {
+    const float s = me.w[t * k] + me.w[t * k + 1];
+    for (int64_t c = 0; c < H; ++c) EXPECT_NEAR(out[t * H + c], s * me.x[t * H + c], 1e-6f * std::fabs(s * me.x[t * H + c]));
+  }
+}
+
+}  // namespace
+}  // namespace moekit
