@@ -105,6 +105,20 @@ double clip_grads(const std::vector<TensorRef>& tensors, double max_norm) {
 
 // ---- AdamW ---------------------------------------------------------------------------------
 
+AdamWScalars adamw_scalars(const OptimConfig& c, double lr, int64_t step, bool decay) {
+  const double t = static_cast<double>(step);
+  AdamWScalars s;
+  s.beta1 = static_cast<float>(c.beta1);
+  s.one_minus_beta1 = static_cast<float>(1 - c.beta1);
+  s.beta2 = static_cast<float>(c.beta2);
+  s.one_minus_beta2 = static_cast<float>(1 - c.beta2);
+  s.neg_step_size = static_cast<float>(-(lr / (1 - std::pow(c.beta1, t))));
+  s.bc2_sqrt = static_cast<float>(std::sqrt(1 - std::pow(c.beta2, t)));
+  s.eps = static_cast<float>(c.eps);
+  s.decay_keep = decay ? static_cast<float>(1 - lr * c.weight_decay) : 1.f;
+  return s;
+}
+
 AdamW::AdamW(const OptimConfig& c, std::vector<TensorRef> tensors) : cfg_(c), tensors_(std::move(tensors)) {
   cfg_.validate();
   std::set<std::string> names;
@@ -136,18 +150,7 @@ float* AdamW::master(size_t i) {
 void AdamW::step(double lr) {
   MOEKIT_CHECK(std::isfinite(lr) && lr >= 0, "AdamW::step: learning rate ", lr, " must be finite and >= 0");
   ++t_;
-  const double t = static_cast<double>(t_);
-  AdamWScalars base;
-  base.beta1 = static_cast<float>(cfg_.beta1);
-  base.one_minus_beta1 = static_cast<float>(1 - cfg_.beta1);
-  base.beta2 = static_cast<float>(cfg_.beta2);
-  base.one_minus_beta2 = static_cast<float>(1 - cfg_.beta2);
-  base.neg_step_size = static_cast<float>(-(lr / (1 - std::pow(cfg_.beta1, t))));
-  base.bc2_sqrt = static_cast<float>(std::sqrt(1 - std::pow(cfg_.beta2, t)));
-  base.eps = static_cast<float>(cfg_.eps);
-  base.decay_keep = 1.f;
-  AdamWScalars decayed = base;
-  decayed.decay_keep = static_cast<float>(1 - lr * cfg_.weight_decay);
+  const AdamWScalars base = adamw_scalars(cfg_, lr, t_, false), decayed = adamw_scalars(cfg_, lr, t_, true);
 
   const int64_t nc = static_cast<int64_t>(chunks_.size());
   const bool parallel = static_cast<int64_t>(m_.size()) >= kParallelMin;

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/half.h"
+#include "optim/optim.h"
 
 namespace moekit::optim {
 
@@ -22,12 +23,16 @@ struct AdamWScalars {
   float eps;
 };
 
+// The scalars of update number `step` (1-based, after the increment) with learning rate lr, for a
+// tensor with or without weight decay: what AdamW::step and the CUDA optimizer both use.
+AdamWScalars adamw_scalars(const OptimConfig& c, double lr, int64_t step, bool decay);
+
 // Updates p (the fp32 master), m and v in place; g is the gradient.
 MOEKIT_HD void adamw_element(float* p, float* m, float* v, float g, const AdamWScalars& s) {
   const float pd = *p * s.decay_keep;                            // decoupled decay first
   const float mn = *m * s.beta1 + s.one_minus_beta1 * g;         // exp_avg.mul_(b1).add_(g, 1-b1)
   const float vn = *v * s.beta2 + s.one_minus_beta2 * g * g;     // exp_avg_sq.mul_(b2).addcmul_(g, g, 1-b2)
-  const float denom = std::sqrt(vn) / s.bc2_sqrt + s.eps;       // eps after sqrt(vhat)
+  const float denom = sqrtf(vn) / s.bc2_sqrt + s.eps;       // eps after sqrt(vhat)
   *p = pd + s.neg_step_size * mn / denom;                        // addcdiv_(m, denom, -step_size)
   *m = mn;
   *v = vn;

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "kernels/cross_entropy.h"
+#include "kernels/cross_entropy_math.h"
 
 namespace moekit::kernels {
 
@@ -23,8 +24,7 @@ double cross_entropy(float* dlogits, const float* logits, const int64_t* targets
     double lse = mx + std::log(sum);
     total += lse - z[targets[t]];
     if (dz) {
-      for (int64_t i = 0; i < vocab; ++i)
-        dz[i] = grad_scale * static_cast<float>(std::exp(static_cast<double>(z[i]) - lse));
+      for (int64_t i = 0; i < vocab; ++i) dz[i] = ce_grad<double>(z[i], lse, grad_scale);
       dz[targets[t]] -= grad_scale;
     }
   }

@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "kernels/rope.h"
+#include "kernels/rope_math.h"
 
 namespace moekit::kernels {
 
@@ -34,11 +35,7 @@ void rope_apply(float* x, const float* cos, const float* sin, int64_t batch, int
       float* row = x + (b * seq + p) * heads * head_dim;
       for (int64_t h = 0; h < heads; ++h) {
         float* v = row + h * head_dim;
-        for (int64_t i = 0; i < half; ++i) {
-          float x1 = v[i], x2 = v[i + half];
-          v[i] = x1 * c[i] - sign * x2 * s[i];
-          v[i + half] = x2 * c[i + half] + sign * x1 * s[i + half];
-        }
+        for (int64_t i = 0; i < half; ++i) rope_pair(v + i, v + i + half, c[i], s[i], c[i + half], s[i + half], sign);
       }
     }
 }

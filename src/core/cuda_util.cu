@@ -1,0 +1,100 @@
+#include "core/cuda_util.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+namespace moekit::cuda {
+
+void fail(const char* file, int line, const char* call, const char* what) {
+  detail::throw_error(file, line, nullptr, detail::concat("CUDA: ", call, " failed: ", what));
+}
+
+const char* cublas_status_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+  }
+  return "unknown cuBLAS status";
+}
+
+bool sync_after_launch() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOEKIT_CUDA_SYNC");
+    return v && std::strcmp(v, "0") != 0 && *v != '\0';
+  }();
+  return on;
+}
+
+void check_launch(const char* name, cudaStream_t stream, const char* file, int line) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && sync_after_launch()) e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) fail(file, line, name, cudaGetErrorString(e));
+}
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes_ > 0) MOEKIT_CUDA_CHECK(cudaMalloc(&data_, bytes_));
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (data_) cudaFree(data_);
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)),
+                                                        bytes_(std::exchange(o.bytes_, 0)) {}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (data_) cudaFree(data_);
+    data_ = std::exchange(o.data_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+
+void DeviceBuffer::reserve(size_t bytes) {
+  if (bytes <= bytes_) return;
+  *this = DeviceBuffer(bytes);
+}
+
+namespace {
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;  // cuBLAS' recommendation for Hopper
+}
+
+Context::Context(int device) {
+  if (device < 0) MOEKIT_CUDA_CHECK(cudaGetDevice(&device));
+  device_ = device;
+  MOEKIT_CUDA_CHECK(cudaSetDevice(device_));
+  MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  MOEKIT_CUBLAS_CHECK(cublasCreate(&cublas_));
+  MOEKIT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  workspace_ = DeviceBuffer(kCublasWorkspaceBytes);
+  MOEKIT_CUBLAS_CHECK(cublasSetWorkspace(cublas_, workspace_.data(), workspace_.bytes()));
+  // f32 GEMMs stay IEEE f32 (the CPU-parity tests depend on it); bf16 GEMMs use tensor cores.
+  MOEKIT_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+}
+
+Context::~Context() {
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void Context::synchronize() const { MOEKIT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+int device_for_local_rank(int local_rank) {
+  int n = 0;
+  MOEKIT_CUDA_CHECK(cudaGetDeviceCount(&n));
+  MOEKIT_CHECK(n > 0, "no CUDA device is visible (CUDA_VISIBLE_DEVICES='",
+               std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "", "')");
+  return local_rank % n;
+}
+
+}  // namespace moekit::cuda

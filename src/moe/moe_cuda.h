@@ -1,0 +1,50 @@
+// The MoE block's own CUDA kernels: router softmax/top-k and its backward (one thread per token,
+// router_math.h, the CPU router's formulas), and the local dispatch (dispatch.h) on the device:
+// a stable counting sort of the (token, slot) pairs by expert, permute, un-permute with the
+// combine weights, and their backwards. Device pointers, asynchronous on the context's stream.
+#pragma once
+
+#ifdef MOEKIT_WITH_CUDA
+#include <cstdint>
+
+#include "core/cuda_util.h"
+
+namespace moekit::moe {
+
+// Most experts the per-token kernels support (their per-thread arrays are this long).
+constexpr int64_t kCudaMaxExperts = 256;
+
+// probs (T, E), lse (T), idx (T, k), weights (T, k) <- logits (T, E) f32.
+void router_forward_cuda(const cuda::Context& ctx, float* probs, float* lse, int32_t* idx, float* weights,
+                         const float* logits, int64_t tokens, int64_t experts, int64_t topk, bool norm_topk);
+// dlogits (T, E) <- as router_backward (router.h); dprob (E, device, may be null).
+template <typename T>
+void router_backward_cuda(const cuda::Context& ctx, T* dlogits, const float* probs, const float* lse,
+                          const int32_t* idx, const float* weights, const float* dweights, const float* dprob,
+                          float z_scale, int64_t tokens, int64_t experts, int64_t topk, bool norm_topk);
+
+// Dispatch plan on the device, identical to make_dispatch_plan: counts (E), offsets (E + 1),
+// row_of (T*k): the permuted row of pair (t, j), token_of (T*k): the token of each row. Rows of
+// one expert keep token order.
+void dispatch_plan_cuda(const cuda::Context& ctx, int32_t* counts, int32_t* offsets, int32_t* row_of,
+                        int32_t* token_of, const int32_t* idx, int64_t tokens, int64_t topk, int64_t experts);
+// xp (R, H) <- x[token_of[r]]
+template <typename T>
+void dispatch_rows_cuda(const cuda::Context& ctx, T* xp, const T* x, const int32_t* token_of, int64_t rows,
+                        int64_t hidden);
+// out (T, H) = beta * out + sum_j w[t, j] yp[row_of[t*k + j]], slots summed in order.
+template <typename T>
+void combine_rows_cuda(const cuda::Context& ctx, T* out, float beta, const T* yp, const float* weights,
+                       const int32_t* row_of, int64_t tokens, int64_t topk, int64_t hidden);
+// dyp[row_of(t, j)] = w[t, j] dout[t]; dweights (T, k, f32) = dout[t] . yp[row_of(t, j)].
+template <typename T>
+void combine_rows_backward_cuda(const cuda::Context& ctx, T* dyp, float* dweights, const T* dout, const T* yp,
+                                const float* weights, const int32_t* row_of, int64_t tokens, int64_t topk,
+                                int64_t hidden);
+// dx (T, H) = beta * dx + sum_j dxp[row_of(t, j)].
+template <typename T>
+void dispatch_rows_backward_cuda(const cuda::Context& ctx, T* dx, float beta, const T* dxp, const int32_t* row_of,
+                                 int64_t tokens, int64_t topk, int64_t hidden);
+
+}  // namespace moekit::moe
+#endif
