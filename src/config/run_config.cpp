@@ -115,6 +115,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   tr.get("eval_every", &c.train.eval_every);
   tr.get("eval_batches", &c.train.eval_batches);
   tr.get("peak_flops", &c.train.peak_flops);
+  tr.get("device", &c.train.device);
   tr.finish();
 
   Section loss(top.child("loss"), "loss", path);
@@ -160,6 +161,8 @@ void RunConfig::validate(int world_size) const {
                ": train.global_batch_size ", train.global_batch_size,
                " must be a positive multiple of train.micro_batch_size ", train.micro_batch_size,
                " x data-parallel ranks ", world);
+  MOEKIT_CHECK(train.device == "cpu" || train.device == "cuda", w, ": train.device '", train.device,
+               "' must be cpu or cuda");
   MOEKIT_CHECK(train.log_every > 0, w, ": train.log_every must be > 0, got ", train.log_every);
   MOEKIT_CHECK(train.eval_every >= 0 && train.eval_batches >= 0, w, ": train.eval_every and train.eval_batches must be >= 0");
   MOEKIT_CHECK(!data.train.empty(), w, ": data.train must list at least one dataset prefix");
@@ -202,7 +205,8 @@ std::string run_config_to_yaml(const RunConfig& c) {
   e << YAML::Key << "log_every" << YAML::Value << c.train.log_every;
   e << YAML::Key << "eval_every" << YAML::Value << c.train.eval_every;
   e << YAML::Key << "eval_batches" << YAML::Value << c.train.eval_batches;
-  e << YAML::Key << "peak_flops" << YAML::Value << c.train.peak_flops << YAML::EndMap;
+  e << YAML::Key << "peak_flops" << YAML::Value << c.train.peak_flops;
+  e << YAML::Key << "device" << YAML::Value << c.train.device << YAML::EndMap;
   e << YAML::Key << "loss" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "aux" << YAML::Value << c.loss.aux;
   e << YAML::Key << "aux_coef" << YAML::Value << c.loss.aux_coef;

@@ -33,6 +33,7 @@ struct TrainLoopConfig {
   int64_t eval_every = 0;    // 0: only at the end
   int64_t eval_batches = 4;  // validation windows = eval_batches * micro_batch_size
   double peak_flops = 0;     // for MFU; 0: measure this machine's f32 GEMM rate at start
+  std::string device = "cpu";  // cpu | cuda (train/device_step.h: one GPU per rank)
 };
 
 struct LossSection {

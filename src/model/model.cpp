@@ -74,6 +74,43 @@ std::vector<moe::RouterStats> sum_over_ranks(const std::vector<moe::RouterStats>
 }
 }  // namespace
 
+void add_router_losses(const std::vector<moe::RouterStats>& stats, const config::ModelConfig& cfg,
+                       const LossConfig& loss, parallel::Communicator* dp, LossTerms* out,
+                       std::vector<std::vector<float>>* dprob, std::vector<float>* z_scale) {
+  dprob->clear();
+  z_scale->clear();
+  if (stats.empty()) return;
+  const int64_t E = cfg.num_experts, k = cfg.num_experts_per_tok;
+  std::vector<std::vector<float>> g_hf, g_sw;
+  std::vector<float> zs;
+  out->aux_hf = moe::hf_pooled_aux_loss(stats, k, &g_hf);
+  out->aux_switch = moe::switch_aux_loss(stats, k, &g_sw);
+  out->z_loss = moe::router_z_loss(stats, &zs);
+  dprob->assign(stats.size(), std::vector<float>(E, 0.f));
+  z_scale->assign(stats.size(), 0.f);
+  const std::vector<std::vector<float>>* g = nullptr;
+  std::vector<std::vector<float>> g_gb;
+  if (loss.aux == AuxLossForm::kGlobalBatch) {
+    const int ranks = dp ? dp->size() : 1;
+    out->aux_global = moe::global_batch_aux_loss(sum_over_ranks(stats, dp), k, ranks, &g_gb);
+    out->total += loss.aux_coef * out->aux_global;
+    g = &g_gb;
+  } else if (loss.aux == AuxLossForm::kHfPooled) {
+    out->total += loss.aux_coef * out->aux_hf;
+    g = &g_hf;
+  } else if (loss.aux == AuxLossForm::kSwitch) {
+    out->total += loss.aux_coef * out->aux_switch;
+    g = &g_sw;
+  }
+  if (g)
+    for (size_t l = 0; l < stats.size(); ++l)
+      for (int64_t e = 0; e < E; ++e) (*dprob)[l][e] = static_cast<float>(loss.aux_coef) * (*g)[l][e];
+  if (loss.z_coef != 0.0) {
+    out->total += loss.z_coef * out->z_loss;
+    for (size_t l = 0; l < stats.size(); ++l) (*z_scale)[l] = static_cast<float>(loss.z_coef) * zs[l];
+  }
+}
+
 std::vector<std::string> parameter_names(const config::ModelConfig& cfg) {
   ParamStore store;
   declare_model_params(cfg, &store);
@@ -254,39 +291,7 @@ LossTerms Model::forward(const int64_t* inputs, const int64_t* targets, int64_t 
   double ce_sum = cross_entropy(train ? dlogits_.data() : nullptr, logits_.data(), targets, T, V, scale);
   out.ce = out.targets > 0 ? ce_sum / static_cast<double>(out.targets) : 0.0;
   out.total = out.ce;
-  dprob_.clear();
-  z_scale_.clear();
-  if (!stats.empty()) {
-    std::vector<std::vector<float>> g_hf, g_sw;
-    std::vector<float> zs;
-    out.aux_hf = moe::hf_pooled_aux_loss(stats, cfg_.num_experts_per_tok, &g_hf);
-    out.aux_switch = moe::switch_aux_loss(stats, cfg_.num_experts_per_tok, &g_sw);
-    out.z_loss = moe::router_z_loss(stats, &zs);
-    dprob_.assign(stats.size(), std::vector<float>(cfg_.num_experts, 0.f));
-    z_scale_.assign(stats.size(), 0.f);
-    const std::vector<std::vector<float>>* g = nullptr;
-    std::vector<std::vector<float>> g_gb;
-    if (loss.aux == AuxLossForm::kGlobalBatch) {
-      const int ranks = par_.dp ? par_.dp->size() : 1;
-      out.aux_global = moe::global_batch_aux_loss(sum_over_ranks(stats, par_.dp), cfg_.num_experts_per_tok, ranks,
-                                                  &g_gb);
-      out.total += loss.aux_coef * out.aux_global;
-      g = &g_gb;
-    } else if (loss.aux == AuxLossForm::kHfPooled) {
-      out.total += loss.aux_coef * out.aux_hf;
-      g = &g_hf;
-    } else if (loss.aux == AuxLossForm::kSwitch) {
-      out.total += loss.aux_coef * out.aux_switch;
-      g = &g_sw;
-    }
-    if (g)
-      for (size_t l = 0; l < stats.size(); ++l)
-        for (int64_t e = 0; e < cfg_.num_experts; ++e) dprob_[l][e] = static_cast<float>(loss.aux_coef) * (*g)[l][e];
-    if (loss.z_coef != 0.0) {
-      out.total += loss.z_coef * out.z_loss;
-      for (size_t l = 0; l < stats.size(); ++l) z_scale_[l] = static_cast<float>(loss.z_coef) * zs[l];
-    }
-  }
+  add_router_losses(stats, cfg_, loss, par_.dp, &out, &dprob_, &z_scale_);
   have_cache_ = train;
   return out;
 }

@@ -102,6 +102,15 @@ class Model {
   std::vector<float> z_scale_;
 };
 
+// The router losses of one forward from its per-MoE-layer statistics (in layer order): fills
+// out->aux_hf, aux_switch, z_loss (and aux_global when chosen; its statistics are summed over
+// `dp`), adds the chosen terms to out->total, and writes each layer's gradient on the router
+// probabilities (dprob, per expert) and z-loss scale for the backward. No-op without MoE layers.
+// Shared by the CPU and GPU models.
+void add_router_losses(const std::vector<moe::RouterStats>& stats, const config::ModelConfig& cfg,
+                       const LossConfig& loss, parallel::Communicator* dp, LossTerms* out,
+                       std::vector<std::vector<float>>* dprob, std::vector<float>* z_scale);
+
 // Declare every parameter of `cfg` (HF names, shapes, init kinds) without allocating; of the
 // routed experts only those in `experts`.
 void declare_model_params(const config::ModelConfig& cfg, ParamStore* store, const ExpertRange& experts = {});

@@ -29,7 +29,9 @@
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/synth.h"
+#include "core/device.h"
 #include "model/model.h"
+#include "train/device_step.h"
 #include "optim/optim.h"
 #include "parallel/grad_sync.h"
 #include "parallel/zero1.h"
@@ -173,6 +175,9 @@ class Trainer {
   std::string ckpt_dir_;
   model::LossConfig loss_;
   std::unique_ptr<model::Model> model_;
+  // train.device: cuda: the model, gradients and optimizer state live on this rank's GPU; model_
+  // and opt_ are then the host copies that checkpoints are written from and resumed into.
+  std::unique_ptr<DeviceStep> device_;
   std::unique_ptr<data::Loader> loader_;
   std::unique_ptr<optim::AdamW> opt_;
   std::vector<optim::TensorRef> all_refs_;  // every local tensor (opt_ may hold only slices)
@@ -215,6 +220,18 @@ Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
   ocfg_ = optim::optim_config_from_yaml(YAML::Load(cfg_.optim_yaml), cfg_.source);
   ocfg_.validate();
   loss_ = loss_config(cfg_);
+  if (cfg_.train.device == "cuda") {
+    MOEKIT_CHECK(cfg_.parallel.ep == 1, cfg_.source, ": parallel.ep ", cfg_.parallel.ep,
+                 " with train.device cuda: expert parallelism on GPUs is not implemented yet (use parallel.ep 1)");
+    MOEKIT_CHECK(!cfg_.parallel.zero1, cfg_.source,
+                 ": parallel.zero1 with train.device cuda is not implemented yet (set parallel.zero1 false)");
+    MOEKIT_CHECK(ocfg_.precision != optim::Precision::kFp16, cfg_.source,
+                 ": optim.precision fp16 with train.device cuda is not implemented yet (use bf16 or fp32)");
+    MOEKIT_CHECK(built_with_cuda(), cfg_.source, ": train.device is 'cuda' but this moekit was built without CUDA "
+                 "(MOEKIT_CUDA=OFF)");
+    MOEKIT_CHECK(cuda_device_count() > 0, cfg_.source, ": train.device is 'cuda' but no CUDA device is visible on ",
+                 "this machine (use train.device: cpu)");
+  }
   // Each rank runs global / (micro x W) micro-batches of its slice per step.
   n_micro_ = cfg_.train.global_batch_size / (cfg_.train.micro_batch_size * ctx_.topo.world());
   nan_step_ = env_step("MOEKIT_DEBUG_NAN_STEP");
@@ -275,6 +292,11 @@ void Trainer::init_weights() {
   // Mixed precision rounds the weights the optimizer owns: every replica takes the owners' copy.
   if (zero_) zero_->gather_weights(P.values(false), P.values(true));
   scaler_ = std::make_unique<optim::LossScaler>(ocfg_);
+  if (cfg_.train.device == "cuda") {
+    device_ = make_cuda_step(mc_, P, ocfg_, ctx_);
+    device_->from_host(*opt_);
+    log_info("train: on ", device_->device_name());
+  }
 }
 
 json Trainer::meta_json() const {
@@ -292,6 +314,7 @@ json Trainer::meta_json() const {
   m["layout"] = {{"world", ctx_.topo.world()}, {"ep", ctx_.topo.ep()}};
   m["world_size"] = ctx_.topo.world();  // commit_checkpoint then requires every rank's file
   m["zero1"] = cfg_.parallel.zero1;
+  m["device"] = cfg_.train.device;
   m["model_config"] = json::parse(config::model_config_to_hf_json(mc_));
   m["precision"] = ocfg_.precision == optim::Precision::kFp32 ? "fp32"
                    : ocfg_.precision == optim::Precision::kBf16 ? "bf16" : "fp16";
@@ -307,6 +330,7 @@ bool Trainer::owns_in_checkpoint(const model::ParamSpec& s) const {
 
 void Trainer::save_checkpoint() {
   const auto t0 = Clock::now();
+  if (device_) device_->to_host(opt_.get());  // the files are written from the host optimizer
   {
     // Rank 0 creates step_N.tmp/ (removing a stale one), then the others open their files in it.
     std::unique_ptr<checkpoint::TrainCheckpointWriter> w;
@@ -390,6 +414,7 @@ void Trainer::resume() {
   } catch (const json::exception& e) {
     MOEKIT_FAIL("resume: ", dir, "/meta.json: ", e.what());
   }
+  if (device_) device_->from_host(*opt_);
   last_ckpt_ = dir;
   last_ckpt_step_ = step_;
   log_info("resume: step ", step_, ", ", tokens_, " tokens, from ", dir);
@@ -397,7 +422,8 @@ void Trainer::resume() {
 
 Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   StepResult r;
-  model_->params().zero_grad();
+  if (device_) device_->zero_grad();
+  else model_->params().zero_grad();
   const int64_t B = cfg_.train.micro_batch_size, S = cfg_.train.seq_len;
   if (mc_.is_moe()) {
     expert_counts_.assign(mc_.num_hidden_layers, {});
@@ -407,14 +433,21 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   for (int64_t mb = 0; mb < n_micro_; ++mb) {
     const int64_t* in = batch.inputs.data() + mb * B * S;
     const int64_t* tg = batch.targets.data() + mb * B * S;
-    const model::LossTerms t = model_->forward(in, tg, B, S, loss_);
+    const model::LossTerms t = device_ ? device_->forward(in, tg, B, S, loss_, true) : model_->forward(in, tg, B, S, loss_);
     r.loss += t.ce / n_micro_;
     r.aux += chosen_aux(t, loss_.aux) / n_micro_;
     if (!std::isnan(t.z_loss)) r.z += t.z_loss / n_micro_;
-    model_->backward();
+    if (device_) device_->backward();
+    else model_->backward();
     for (int64_t l = 0; l < static_cast<int64_t>(expert_counts_.size()); ++l) {
+      if (expert_counts_[l].empty()) continue;
+      if (device_) {
+        const std::vector<int64_t>& c = device_->expert_counts()[l];
+        for (size_t e = 0; e < c.size(); ++e) expert_counts_[l][e] += c[e];
+        continue;
+      }
       const moe::RouterState* rs = model_->router_state(l);
-      if (!rs || expert_counts_[l].empty()) continue;
+      if (!rs) continue;
       for (int32_t e : rs->idx) ++expert_counts_[l][e];
     }
   }
@@ -450,10 +483,12 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
       }
     gscale = 1.0f;
   }
-  if (gscale != 1.0f) optim::scale_grads(refs, gscale);
+  if (gscale != 1.0f && !device_) optim::scale_grads(refs, gscale);
   if (ctx_.distributed())
     overflow = ctx_.world->all_reduce_value<int32_t>(overflow ? 1 : 0, parallel::ReduceOp::kMax) != 0;
-  if (zero_) {
+  if (device_) {
+    r.grad_norm = device_->reduce_gradients(gscale);
+  } else if (zero_) {
     zero_->reduce_gradients(grad_arenas());
     r.grad_norm = zero_->grad_norm(grad_arenas());
   } else {
@@ -483,9 +518,13 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   if (ocfg_.clip_grad_norm > 0) {
     // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
     const double coef = ocfg_.clip_grad_norm / (r.grad_norm + 1e-6);
-    if (coef < 1.0) optim::scale_grads(opt_->tensors(), static_cast<float>(coef));
+    if (coef < 1.0) {
+      if (device_) device_->scale_gradients(static_cast<float>(coef));
+      else optim::scale_grads(opt_->tensors(), static_cast<float>(coef));
+    }
   }
-  opt_->step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
+  if (device_) device_->optimizer_step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
+  else opt_->step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
   if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
   return r;
 }
@@ -513,7 +552,9 @@ void Trainer::evaluate() {
     const bool real = i < batches;
     const int64_t w = real ? i * B : 0;
     const data::Batch b = loader_->valid_batch(w, std::min(B, n - w));
-    const model::LossTerms t = model_->forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, lc, false);
+    const model::LossTerms t =
+        device_ ? device_->forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, lc, false)
+                : model_->forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, lc, false);
     if (!real) continue;
     ce_sum += t.ce * t.targets;
     targets += t.targets;
@@ -554,7 +595,7 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds) {
   if (!rank0()) return;  // the numbers are global already; one writer
   const int64_t step_tokens = cfg_.train.global_batch_size * cfg_.train.seq_len;
   const double tps = step_tokens / step_seconds;
-  const double mfu = flops_.train_flops_per_token() * tps / peak_flops_;
+  const double mfu = peak_flops_ > 0 ? flops_.train_flops_per_token() * tps / peak_flops_ : 0.0;
   json j{{"step", step_},
          {"loss", r.loss},
          {"aux_loss", mc_.is_moe() ? json(r.aux) : json(nullptr)},
@@ -626,7 +667,9 @@ TrainSummary Trainer::run() {
   flops_ = count_flops(mc_, cfg_.train.seq_len);
   // The GEMM probe runs on rank 0 alone (ranks measuring at once would measure each other);
   // MFU is then against W times that rate.
-  peak_flops_ = cfg_.train.peak_flops > 0 ? cfg_.train.peak_flops : rank0() ? measure_gemm_flops() : 0.0;
+  if (cfg_.train.peak_flops > 0) peak_flops_ = cfg_.train.peak_flops;
+  else if (device_) peak_flops_ = device_->peak_flops();  // 0 for an unknown device: MFU is then reported as 0
+  else peak_flops_ = rank0() ? measure_gemm_flops() : 0.0;
   ctx_.world->broadcast(&peak_flops_, 1, 0);
   peak_flops_ *= ctx_.topo.world();
   log_info("train: ", mc_.model_type, " with ", model_->params().numel(), " parameters on rank 0 (",
@@ -695,6 +738,8 @@ TrainSummary Trainer::run() {
          {"world", ctx_.topo.world()},
          {"ep", ctx_.topo.ep()},
          {"peak_rss_mib", peak_rss_mib()},
+         {"device", cfg_.train.device},
+         {"peak_device_mib", device_ ? json(device_->peak_memory_mib()) : json(nullptr)},
          {"base_rss_mib", base_rss_mib_},
          {"skipped_steps", sum.skipped_steps},
          {"interrupted", sum.interrupted},

@@ -178,7 +178,15 @@ mkdir -p "$tmp/big"
 "$moekit" data synth --out "$tmp/big/v1000" --vocab 1000 --tokens 20000 >/dev/null 2>&1
 expect_fail "token out of vocabulary" "v1000" train --config $cfg --set run_dir="$tmp/b5" \
   --set "data.train=[$tmp/big/v1000]"
-[ ! -e "$tmp/b1" ] && [ ! -e "$tmp/b3" ] && ok "no run dir left by config errors" || bad "run dir left by config errors"
+expect_fail "bad train.device" "train.device 'tpu' must be cpu or cuda" train --config $cfg --set run_dir="$tmp/b6" \
+  --set train.device=tpu
+expect_fail "cuda with zero1" "parallel.zero1 with train.device cuda" train --config configs/train/tiny-moe.yaml \
+  --set run_dir="$tmp/b7" --set train.device=cuda --set parallel.zero1=true
+if [ "$(nvidia-smi -L 2>/dev/null | grep -c GPU)" = 0 ]; then  # here the device check itself must refuse
+  expect_fail "cuda without a GPU" "train.device is 'cuda' but" train --config $cfg --set run_dir="$tmp/b8" \
+    --set train.device=cuda
+fi
+[ ! -e "$tmp/b1" ] && [ ! -e "$tmp/b3" ] && [ ! -e "$tmp/b6" ] && [ ! -e "$tmp/b7" ] && [ ! -e "$tmp/b8" ] && ok "no run dir left by config errors" || bad "run dir left by config errors"
 expect_fail "export of a non-checkpoint" "neither a checkpoint" "$moekit" export --checkpoint "$tmp" --out "$tmp/x"
 expect_fail "export over an existing dir" "$tmp/moe/hf" "$moekit" export --checkpoint "$tmp/moe" --out "$tmp/moe/hf"
 

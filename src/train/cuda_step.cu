@@ -1,0 +1,160 @@
+// DeviceStep on CUDA (device_step.h): GpuModel + device AdamW state + NCCL gradient averaging.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/cuda_util.h"
+#include "core/log.h"
+#include "kernels/kernels_cuda.h"
+#include "model/gpu_model.h"
+#include "optim/adamw_cuda.h"
+#include "parallel/nccl_communicator.h"
+#include "train/device_step.h"
+
+namespace moekit::train {
+
+namespace {
+
+class CudaStep final : public DeviceStep {
+ public:
+  CudaStep(const config::ModelConfig& cfg, const model::ParamStore& layout, const optim::OptimConfig& oc,
+           parallel::ParallelContext& pctx)
+      : oc_(oc), specs_(layout.specs()), ctx_(cuda::device_for_local_rank(parallel::detect_launch().local_rank)),
+        model_(cfg, layout, ctx_,
+               oc.precision == optim::Precision::kBf16 ? model::GpuPrecision::kBf16 : model::GpuPrecision::kF32) {
+    for (int e = 0; e < 2; ++e) {
+      m_[e] = cuda::DeviceArray<float>(static_cast<size_t>(model_.numel(e)));
+      v_[e] = cuda::DeviceArray<float>(static_cast<size_t>(model_.numel(e)));
+    }
+    for (const auto& s : specs_) decay_.push_back(optim::applies_weight_decay(oc_, s.name));
+    // Gradients travel between GPUs over NCCL; MPI (the world communicator) only bootstraps it.
+    if (pctx.topo.world() > 1) nccl_ = parallel::make_nccl_communicator(*pctx.world, "world (NCCL)");
+    cudaDeviceProp prop;
+    MOEKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx_.device()));
+    name_ = std::string(prop.name) + " (device " + std::to_string(ctx_.device()) + ")";
+    note_memory();
+  }
+
+  std::string device_name() const override { return name_; }
+  void zero_grad() override { model_.zero_grad(); }
+
+  model::LossTerms forward(const int64_t* in, const int64_t* tg, int64_t B, int64_t S, const model::LossConfig& loss,
+                           bool train) override {
+    model::LossTerms t = model_.forward(in, tg, B, S, loss, train);
+    note_memory();  // every activation of the step is alive now
+    return t;
+  }
+  void backward() override { model_.backward(); }
+  const std::vector<std::vector<int64_t>>& expert_counts() const override { return model_.expert_counts(); }
+
+  double reduce_gradients(float scale) override {
+    for (int e = 0; e < 2; ++e) {
+      if (model_.numel(e) == 0) continue;
+      if (scale != 1.f) kernels::scale_cuda(ctx_, model_.grads(e), scale, model_.numel(e));
+      if (nccl_) {
+        // Every rank holds every parameter (no expert parallelism on GPUs yet): average both arenas
+        // over the world. The NCCL communicator runs on its own stream: hand it finished data.
+        ctx_.synchronize();
+        nccl_->all_reduce(model_.grads(e), model_.numel(e), parallel::ReduceOp::kAvg);
+      }
+    }
+    cuda::DeviceArray<double> sq(2);
+    for (int e = 0; e < 2; ++e) kernels::sum_squares_cuda(ctx_, sq.data() + e, model_.grads(e), model_.numel(e));
+    ctx_.synchronize();
+    const std::vector<double> h = sq.download();
+    return std::sqrt(h[0] + h[1]);
+  }
+
+  void scale_gradients(float factor) override {
+    for (int e = 0; e < 2; ++e) kernels::scale_cuda(ctx_, model_.grads(e), factor, model_.numel(e));
+  }
+
+  void optimizer_step(double lr) override {
+    ++t_;
+    const optim::AdamWScalars base = optim::adamw_scalars(oc_, lr, t_, false);
+    const optim::AdamWScalars decayed = optim::adamw_scalars(oc_, lr, t_, true);
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      const model::ParamSpec& s = specs_[i];
+      const int e = s.expert;
+      cuda::bf16* w = model_.compute_weights(e);
+      optim::adamw_step_cuda(ctx_, model_.weights(e) + s.offset, m_[e].data() + s.offset, v_[e].data() + s.offset,
+                             model_.grads(e) + s.offset, w ? w + s.offset : nullptr, s.numel(),
+                             decay_[i] ? decayed : base);
+    }
+  }
+
+  void to_host(optim::AdamW* opt) override {
+    check_tensors(*opt);
+    ctx_.synchronize();
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      const model::ParamSpec& s = specs_[i];
+      const size_t bytes = static_cast<size_t>(s.numel()) * sizeof(float);
+      MOEKIT_CUDA_CHECK(cudaMemcpy(opt->master(i), model_.weights(s.expert) + s.offset, bytes, cudaMemcpyDeviceToHost));
+      MOEKIT_CUDA_CHECK(cudaMemcpy(opt->exp_avg(i), m_[s.expert].data() + s.offset, bytes, cudaMemcpyDeviceToHost));
+      MOEKIT_CUDA_CHECK(cudaMemcpy(opt->exp_avg_sq(i), v_[s.expert].data() + s.offset, bytes, cudaMemcpyDeviceToHost));
+    }
+    opt->restore(t_);  // the step count, and the host model weights rounded from the masters
+  }
+
+  void from_host(optim::AdamW& opt) override {
+    check_tensors(opt);
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      const model::ParamSpec& s = specs_[i];
+      const size_t bytes = static_cast<size_t>(s.numel()) * sizeof(float);
+      MOEKIT_CUDA_CHECK(cudaMemcpy(model_.weights(s.expert) + s.offset, opt.master(i), bytes, cudaMemcpyHostToDevice));
+      MOEKIT_CUDA_CHECK(cudaMemcpy(m_[s.expert].data() + s.offset, opt.exp_avg(i), bytes, cudaMemcpyHostToDevice));
+      MOEKIT_CUDA_CHECK(cudaMemcpy(v_[s.expert].data() + s.offset, opt.exp_avg_sq(i), bytes, cudaMemcpyHostToDevice));
+    }
+    model_.refresh_compute_weights();
+    t_ = opt.steps_taken();
+    ctx_.synchronize();
+  }
+
+  double peak_memory_mib() const override { return peak_mib_; }
+
+  double peak_flops() const override {
+    // reference/performance-anchors.md: dense bf16 tensor-core peaks. f32 training runs on the
+    // same tensor cores only with TF32, which moekit does not enable: no figure for it.
+    if (oc_.precision != optim::Precision::kBf16) return 0.0;
+    for (const char* hopper : {"H100", "H200", "H800"})
+      if (name_.find(hopper) != std::string::npos) return 989.4e12;
+    if (name_.find("A100") != std::string::npos) return 312e12;
+    return 0.0;
+  }
+
+ private:
+  void check_tensors(const optim::AdamW& opt) const {
+    MOEKIT_CHECK(opt.tensors().size() == specs_.size(), "device step: the optimizer holds ", opt.tensors().size(),
+                 " tensors, the model ", specs_.size(), " (ZeRO-1 slices are not supported on GPUs)");
+    for (size_t i = 0; i < specs_.size(); ++i)
+      MOEKIT_CHECK(opt.tensors()[i].name == specs_[i].name && opt.tensors()[i].numel == specs_[i].numel(),
+                   "device step: optimizer tensor ", i, " is '", opt.tensors()[i].name, "', the model's is '",
+                   specs_[i].name, "'");
+  }
+  void note_memory() {
+    size_t free_b = 0, total_b = 0;
+    MOEKIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    peak_mib_ = std::max(peak_mib_, static_cast<double>(total_b - free_b) / (1024.0 * 1024.0));
+  }
+
+  optim::OptimConfig oc_;
+  std::vector<model::ParamSpec> specs_;
+  std::vector<uint8_t> decay_;
+  cuda::Context ctx_;
+  model::GpuModel model_;
+  cuda::DeviceArray<float> m_[2], v_[2];
+  std::unique_ptr<parallel::Communicator> nccl_;
+  int64_t t_ = 0;
+  double peak_mib_ = 0;
+  std::string name_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceStep> make_cuda_step(const config::ModelConfig& cfg, const model::ParamStore& layout,
+                                           const optim::OptimConfig& optim, parallel::ParallelContext& ctx) {
+  return std::make_unique<CudaStep>(cfg, layout, optim, ctx);
+}
+
+}  // namespace moekit::train
