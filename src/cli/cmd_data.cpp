@@ -4,6 +4,7 @@
 //                line is JSON with the counts and the entropy figures.
 //   data inspect PATH...: counts, document lengths, histogram, top tokens, coverage (--json).
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -48,6 +49,8 @@ void add_synth(CLI::App* data, std::vector<Command>* out) {
                              c->num_docs > 0 ? std::to_string(c->num_docs) + " documents"
                                              : std::to_string(c->num_tokens) + " tokens",
                              ", seed ", c->seed, " -> ", *prefix, ".{bin,idx}");
+                    const auto parent = std::filesystem::path(*prefix).parent_path();
+                    if (!parent.empty()) std::filesystem::create_directories(parent);  // as train's synth does
                     data::SynthStats st = data::write_synth_corpus(*prefix, *c);
                     log_info("data synth: ", st.documents, " documents, ", st.tokens, " tokens; entropy bound ",
                              st.entropy_bound, " nats/token, empirical bigram ", st.bigram_entropy, ", unigram ",

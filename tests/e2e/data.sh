@@ -97,7 +97,11 @@ expect_fail "token >= --vocab" "out of range [0, vocab_size = 100)" $moekit data
 expect_fail "synth vocab too small" "vocab_size 2" $moekit data synth --out "$tmp/x1" --vocab 2 --tokens 100
 expect_fail "synth neither tokens nor docs" "exactly one of tokens" $moekit data synth --out "$tmp/x2" --vocab 64
 expect_fail "synth copy id = eos id" "copy_id 0" $moekit data synth --out "$tmp/x3" --vocab 64 --docs 3 --copy-id 0
-expect_fail "synth into missing directory" "$tmp/nodir/x4.bin" $moekit data synth --out "$tmp/nodir/x4" --vocab 64 --docs 3
+# The prefix's directory is created, as `moekit train` does for its synthetic corpus.
+$moekit data synth --out "$tmp/nodir/x4" --vocab 64 --docs 3 >/dev/null 2>&1 && [ -f "$tmp/nodir/x4.idx" ] \
+  && ok "synth creates a missing directory" || bad "synth into a missing directory"
+: >"$tmp/afile"
+expect_fail "synth under a file" "$tmp/afile" $moekit data synth --out "$tmp/afile/x5" --vocab 64 --docs 3
 for d in x1 x2 x3; do
   if ls "$tmp" | grep -q "^$d"; then bad "no partial output for $d"; else ok "no partial output for $d"; fi
 done
