@@ -1,16 +1,24 @@
-// Plain CUDA causal GQA attention (see attention_cuda.h). Lane l of a warp holds elements
+// CUDA causal GQA attention (see attention_cuda.h): the cuBLAS-GEMM path and the plain kernels.
+// Plain kernels: lane l of a warp holds elements
 // l, l + 32, ... of a head vector (head_dim up to 256); a dot product is a lane-local sum plus a
 // warp reduction, so every lane sees every score. Scores and softmax statistics are f32.
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/attention_cuda.h"
 #include "kernels/cuda_types.cuh"
+#include "kernels/gemm_cuda.h"
 
 namespace moekit::kernels {
 
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
+
+template <typename T>
+constexpr DType act_dtype() {
+  return std::is_same_v<T, float> ? DType::kF32 : DType::kBF16;
+}
 constexpr int kPerLane = kAttnMaxHeadDim / 32;
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -168,6 +176,133 @@ __global__ void attn_dkdv_kernel(T* dk, T* dv, const T* dout, const float* lse, 
   store_row(dk + (r.b * S + r.i) * ldk + r.h * d, dk_acc, scale, di);
 }
 
+
+// ---- GEMM path: row kernels over one sequence's (H, S, S) scores ----
+
+// Row r = h * S + i of the scores (already scaled): causal softmax into probs (T), lse.
+template <typename T>
+__global__ void attn_softmax_rows_kernel(T* probs, float* lse, const float* scores, int64_t S) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x, i = r % S;
+  const float* z = scores + r * S;
+  T* p = probs + r * S;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) mx = fmaxf(mx, z[j]);
+  mx = block_max(mx, red);
+  float sum = 0.f;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) sum += expf(z[j] - mx);
+  sum = block_sum(sum, red);
+  const float inv = 1.f / sum;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) p[j] = st<T>(j <= i ? expf(z[j] - mx) * inv : 0.f);
+  if (threadIdx.x == 0) lse[r] = mx + logf(sum);
+}
+
+// The probabilities again from the saved log-sum-exp (backward).
+template <typename T>
+__global__ void attn_probs_from_lse_kernel(T* probs, const float* lse, const float* scores, int64_t S) {
+  const int64_t r = blockIdx.x, i = r % S;
+  const float l = lse[r];
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x)
+    probs[r * S + j] = st<T>(j <= i ? expf(scores[r * S + j] - l) : 0.f);
+}
+
+// dS = P (dP - delta) * scale, in place over the probabilities (each element read, then written,
+// by one thread).
+template <typename T>
+__global__ void attn_dscores_kernel(T* ds, const float* dp, const float* delta, int64_t S, float scale) {
+  const int64_t r = blockIdx.x, i = r % S;
+  const float dl = delta[r];
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) {
+    const float p = ld(ds[r * S + j]);
+    ds[r * S + j] = st<T>(j <= i ? p * (dp[r * S + j] - dl) * scale : 0.f);
+  }
+}
+
+// The per-head products of one sequence b. Head h = kvh * group + g: for a fixed g the heads
+// of consecutive kv heads sit at constant strides, so each product is one strided-batched GEMM
+// over the kv heads, and the group's heads come one after another (which is also what lets
+// dK and dV accumulate over them with beta = 1).
+struct SeqGemms {
+  const cuda::Context& ctx;
+  const AttnShape& s;
+  DType t;
+  int64_t b;
+  int64_t group() const { return s.heads / s.kv_heads; }
+  int64_t ldq() const { return s.heads * s.head_dim; }
+  int64_t ldk() const { return s.kv_heads * s.head_dim; }
+  size_t es() const { return dtype_size(t); }
+  // C[S, S] (f32, head-major) = alpha * X Y^T for X = rows of q-like (ld ldx) and Y of k-like.
+  void scores(float* c, const void* x, int64_t ldx, int64_t x_is_q, const void* y, float alpha, int64_t g) {
+    const int64_t S = s.seq, d = s.head_dim, G = group();
+    GemmArgs a{GemmOp::kNT, S, S, d, t, DType::kF32, alpha, 0.f, ldx, ldk(), S};
+    const char* xp = static_cast<const char*>(x) + (b * S * ldx + (x_is_q ? g * d : 0)) * es();
+    const char* yp = static_cast<const char*>(y) + b * S * ldk() * es();
+    strided_batched_gemm_cuda(ctx, a, s.kv_heads, c + g * S * S, G * S * S, xp, x_is_q ? G * d : d, yp, d);
+  }
+};
+
+template <typename T>
+void gemm_forward(const cuda::Context& ctx, AttnWorkspace* ws, T* out, float* lse, const T* q, const T* k, const T* v,
+                  const AttnShape& s) {
+  const int64_t S = s.seq, d = s.head_dim, H = s.heads, G = s.heads / s.kv_heads;
+  const int64_t ldq = H * d, ldk = s.kv_heads * d;
+  ws->scores.reserve(static_cast<size_t>(H * S * S) * sizeof(float));
+  ws->probs.reserve(static_cast<size_t>(H * S * S) * sizeof(T));
+  auto* sc = static_cast<float*>(ws->scores.data());
+  auto* pr = static_cast<T*>(ws->probs.data());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t b = 0; b < s.batch; ++b) {
+    SeqGemms sg{ctx, s, act_dtype<T>(), b};
+    for (int64_t g = 0; g < G; ++g) sg.scores(sc, q, ldq, 1, k, scale, g);
+    attn_softmax_rows_kernel<T><<<static_cast<unsigned>(H * S), 256, 0, ctx.stream()>>>(pr, lse + b * H * S, sc, S);
+    MOEKIT_CUDA_LAUNCHED("attention_forward.softmax", ctx.stream());
+    for (int64_t g = 0; g < G; ++g) {  // out_h = P_h V_kvh
+      GemmArgs a{GemmOp::kNN, S, d, S, act_dtype<T>(), act_dtype<T>(), 1.f, 0.f, S, ldk, ldq};
+      strided_batched_gemm_cuda(ctx, a, s.kv_heads, out + b * S * ldq + g * d, G * d, pr + g * S * S, G * S * S,
+                                v + b * S * ldk, d);
+    }
+  }
+}
+
+template <typename T>
+void gemm_backward(const cuda::Context& ctx, AttnWorkspace* ws, T* dq, T* dk, T* dv, const float* delta, const T* dout,
+                   const float* lse, const T* q, const T* k, const T* v, const AttnShape& s) {
+  const int64_t S = s.seq, d = s.head_dim, H = s.heads, G = s.heads / s.kv_heads;
+  const int64_t ldq = H * d, ldk = s.kv_heads * d;
+  ws->scores.reserve(static_cast<size_t>(H * S * S) * sizeof(float));
+  ws->probs.reserve(static_cast<size_t>(H * S * S) * sizeof(T));
+  auto* sc = static_cast<float*>(ws->scores.data());
+  auto* pr = static_cast<T*>(ws->probs.data());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const DType t = act_dtype<T>();
+  for (int64_t b = 0; b < s.batch; ++b) {
+    SeqGemms sg{ctx, s, t, b};
+    for (int64_t g = 0; g < G; ++g) sg.scores(sc, q, ldq, 1, k, scale, g);
+    attn_probs_from_lse_kernel<T><<<static_cast<unsigned>(H * S), 256, 0, ctx.stream()>>>(pr, lse + b * H * S, sc, S);
+    MOEKIT_CUDA_LAUNCHED("attention_backward.probs", ctx.stream());
+    const T* dob = dout + b * S * ldq;
+    for (int64_t g = 0; g < G; ++g) {
+      // dV_kvh (+)= P_h^T dO_h
+      GemmArgs a{GemmOp::kTN, S, d, S, t, t, 1.f, g > 0 ? 1.f : 0.f, S, ldq, ldk};
+      strided_batched_gemm_cuda(ctx, a, s.kv_heads, dv + b * S * ldk, d, pr + g * S * S, G * S * S, dob + g * d,
+                                G * d);
+      // dP_h = dO_h V_kvh^T (f32, over the scores)
+      sg.scores(sc, dout, ldq, 1, v, 1.f, g);
+    }
+    attn_dscores_kernel<T><<<static_cast<unsigned>(H * S), 256, 0, ctx.stream()>>>(pr, sc, delta + b * H * S, S,
+                                                                                     scale);
+    MOEKIT_CUDA_LAUNCHED("attention_backward.dscores", ctx.stream());
+    for (int64_t g = 0; g < G; ++g) {
+      GemmArgs aq{GemmOp::kNN, S, d, S, t, t, 1.f, 0.f, S, ldk, ldq};  // dQ_h = dS_h K_kvh
+      strided_batched_gemm_cuda(ctx, aq, s.kv_heads, dq + b * S * ldq + g * d, G * d, pr + g * S * S, G * S * S,
+                                k + b * S * ldk, d);
+      GemmArgs ak{GemmOp::kTN, S, d, S, t, t, 1.f, g > 0 ? 1.f : 0.f, S, ldq, ldk};  // dK_kvh (+)= dS_h^T Q_h
+      strided_batched_gemm_cuda(ctx, ak, s.kv_heads, dk + b * S * ldk, d, pr + g * S * S, G * S * S,
+                                q + b * S * ldq + g * d, G * d);
+    }
+  }
+}
+
 unsigned blocks_for_rows(int64_t rows) {
   return static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
 }
@@ -183,10 +318,15 @@ void check_shape(const AttnShape& s) {
 
 template <typename T>
 void attention_forward_cuda(const cuda::Context& ctx, T* out, float* lse, const T* q, const T* k, const T* v,
-                            const AttnShape& s) {
+                            const AttnShape& s, AttnImpl impl, AttnWorkspace* ws) {
   check_shape(s);
   const int64_t rows = s.batch * s.heads * s.seq;
   if (rows == 0) return;
+  if (impl == AttnImpl::kGemm) {
+    MOEKIT_CHECK(ws, "attention_forward_cuda: the GEMM path needs a workspace");
+    gemm_forward(ctx, ws, out, lse, q, k, v, s);
+    return;
+  }
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
   attn_forward_kernel<T><<<blocks_for_rows(rows), 32 * kWarpsPerBlock, 0, ctx.stream()>>>(out, lse, q, k, v, s, scale);
   MOEKIT_CUDA_LAUNCHED("attention_forward", ctx.stream());
@@ -194,7 +334,8 @@ void attention_forward_cuda(const cuda::Context& ctx, T* out, float* lse, const 
 
 template <typename T>
 void attention_backward_cuda(const cuda::Context& ctx, T* dq, T* dk, T* dv, float* delta, const T* dout, const T* out,
-                             const float* lse, const T* q, const T* k, const T* v, const AttnShape& s) {
+                             const float* lse, const T* q, const T* k, const T* v, const AttnShape& s, AttnImpl impl,
+                             AttnWorkspace* ws) {
   check_shape(s);
   const int64_t rows = s.batch * s.heads * s.seq, kv_rows = s.batch * s.kv_heads * s.seq;
   if (rows == 0) return;
@@ -202,6 +343,11 @@ void attention_backward_cuda(const cuda::Context& ctx, T* dq, T* dk, T* dv, floa
   const unsigned threads = 32 * kWarpsPerBlock;
   attn_delta_kernel<T><<<blocks_for_rows(rows), threads, 0, ctx.stream()>>>(delta, dout, out, s);
   MOEKIT_CUDA_LAUNCHED("attention_backward.delta", ctx.stream());
+  if (impl == AttnImpl::kGemm) {
+    MOEKIT_CHECK(ws, "attention_backward_cuda: the GEMM path needs a workspace");
+    gemm_backward(ctx, ws, dq, dk, dv, delta, dout, lse, q, k, v, s);
+    return;
+  }
   attn_dq_kernel<T><<<blocks_for_rows(rows), threads, 0, ctx.stream()>>>(dq, dout, lse, delta, q, k, v, s, scale);
   MOEKIT_CUDA_LAUNCHED("attention_backward.dq", ctx.stream());
   attn_dkdv_kernel<T><<<blocks_for_rows(kv_rows), threads, 0, ctx.stream()>>>(dk, dv, dout, lse, delta, q, k, v, s,
@@ -211,9 +357,10 @@ void attention_backward_cuda(const cuda::Context& ctx, T* dq, T* dk, T* dv, floa
 
 #define INSTANTIATE(T)                                                                                         \
   template void attention_forward_cuda<T>(const cuda::Context&, T*, float*, const T*, const T*, const T*,    \
-                                          const AttnShape&);                                                   \
+                                          const AttnShape&, AttnImpl, AttnWorkspace*);                         \
   template void attention_backward_cuda<T>(const cuda::Context&, T*, T*, T*, float*, const T*, const T*,     \
-                                           const float*, const T*, const T*, const T*, const AttnShape&)
+                                           const float*, const T*, const T*, const T*, const AttnShape&,       \
+                                           AttnImpl, AttnWorkspace*)
 MOEKIT_INSTANTIATE_ACT(INSTANTIATE);
 
 }  // namespace moekit::kernels

@@ -55,6 +55,19 @@ void gemm_cuda(const cuda::Context& ctx, const GemmArgs& g, void* c, const void*
                                    checked_int(cm.ldc, "ldc"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+void strided_batched_gemm_cuda(const cuda::Context& ctx, const GemmArgs& g, int64_t count, void* c, int64_t stride_c,
+                               const void* a, int64_t stride_a, const void* b, int64_t stride_b) {
+  if (g.m == 0 || g.n == 0 || count == 0) return;
+  MOEKIT_CHECK(g.ab == DType::kF32 || g.ab == DType::kBF16, "GEMM: inputs must be f32 or bf16, got ", dtype_name(g.ab));
+  MOEKIT_CHECK(g.ab == DType::kBF16 || g.c == DType::kF32, "GEMM: f32 inputs need an f32 output");
+  const ColMajor cm = col_major(g.op, g.m, g.n, g.k, g.lda, g.ldb, g.ldc);
+  MOEKIT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      ctx.cublas(), cm.ta, cm.tb, checked_int(cm.m, "m"), checked_int(cm.n, "n"), checked_int(cm.k, "k"), &g.alpha, b,
+      cuda_type(g.ab), checked_int(cm.ld_first, "ld"), stride_b, a, cuda_type(g.ab), checked_int(cm.ld_second, "ld"),
+      stride_a, &g.beta, c, cuda_type(g.c), checked_int(cm.ldc, "ldc"), stride_c, checked_int(count, "batch count"),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 void grouped_gemm_cuda(const cuda::Context& ctx, GroupedGemm* scratch, GemmOp op, DType ab_c, const int64_t* rows,
                        int64_t count, int64_t n, int64_t k, void* c, const void* a, const void* b, int64_t b_stride) {
   MOEKIT_CHECK(op == GemmOp::kNT || op == GemmOp::kNN, "grouped GEMM: only the NT and NN forms are grouped");

@@ -35,6 +35,11 @@ struct GemmArgs {
 
 void gemm_cuda(const cuda::Context& ctx, const GemmArgs& g, void* c, const void* a, const void* b);
 
+// `count` problems of one shape at constant strides (elements) between consecutive A, B and C
+// (cublasGemmStridedBatchedEx): the per-head products of attention.
+void strided_batched_gemm_cuda(const cuda::Context& ctx, const GemmArgs& g, int64_t count, void* c, int64_t stride_c,
+                               const void* a, int64_t stride_a, const void* b, int64_t stride_b);
+
 // One problem per expert e with rows[e] > 0 (host array of `count` entries):
 //   kNT: C_e[rows_e, n] = A_e[rows_e, k] B_e[n, k]^T      (expert forward, m = rows)
 //   kNN: C_e[rows_e, n] = A_e[rows_e, k] B_e[k, n]        (expert input gradient)

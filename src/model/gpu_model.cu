@@ -3,6 +3,7 @@
 #include "model/gpu_model.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <type_traits>
 
@@ -46,6 +47,15 @@ struct PRef {
   int64_t off = -1;
   explicit operator bool() const { return off >= 0; }
 };
+
+// MOEKIT_CUDA_ATTENTION=plain selects the plain attention kernels (the reference); the default
+// is the cuBLAS GEMM path (kernels/attention_cuda.h).
+kernels::AttnImpl attention_impl_from_env() {
+  const char* v = std::getenv("MOEKIT_CUDA_ATTENTION");
+  if (!v || !*v || std::string(v) == "gemm") return kernels::AttnImpl::kGemm;
+  MOEKIT_CHECK(std::string(v) == "plain", "MOEKIT_CUDA_ATTENTION='", v, "' must be gemm or plain");
+  return kernels::AttnImpl::kPlain;
+}
 
 template <typename T>
 constexpr DType act_dtype() {
@@ -282,6 +292,8 @@ class ImplT final : public GpuModel::Impl {
   std::vector<Layer> layers_;
   std::vector<std::vector<int64_t>> counts_;
   kernels::GroupedGemm grouped_;
+  kernels::AttnImpl attn_impl_ = attention_impl_from_env();
+  kernels::AttnWorkspace attn_ws_;
   // Inputs and activations of the last forward.
   int64_t B_ = 0, S_ = 0, rope_len_ = 0;
   bool have_cache_ = false, have_logits_ = false;
@@ -312,7 +324,7 @@ void ImplT<T>::attention_forward(Layer& L, T* y, int64_t B, int64_t S) {
   linear(v, L.xn1.data(), L.wv, L.bv, T_, kvd, H);
   kernels::rope_apply_cuda<T>(ctx_, q, rope_cos_.data(), rope_sin_.data(), B, S, nh, d, false);
   kernels::rope_apply_cuda<T>(ctx_, k, rope_cos_.data(), rope_sin_.data(), B, S, nkv, d, false);
-  kernels::attention_forward_cuda<T>(ctx_, c, lse, q, k, v, {B, S, nh, nkv, d});
+  kernels::attention_forward_cuda<T>(ctx_, c, lse, q, k, v, {B, S, nh, nkv, d}, attn_impl_, &attn_ws_);
   gemm(GemmOp::kNT, T_, H, qd, y, act_dtype<T>(), c, wT(L.wo), 0.f);
 }
 
@@ -327,7 +339,8 @@ void ImplT<T>::attention_backward(Layer& L, T* dx, const T* dy, int64_t B, int64
   gemm(GemmOp::kTN, H, qd, T_, g32(L.wo), DType::kF32, dy, L.ctx.data(), 1.f);  // dWo += dy^T ctx
   gemm(GemmOp::kNN, T_, qd, H, dctx, act_dtype<T>(), dy, wT(L.wo), 0.f);        // dctx = dy Wo
   kernels::attention_backward_cuda<T>(ctx_, dq, dk, dv, ensure(&delta_, B * nh * S), dctx, L.ctx.data(),
-                                      L.lse.data(), L.q.data(), L.k.data(), L.v.data(), {B, S, nh, nkv, d});
+                                      L.lse.data(), L.q.data(), L.k.data(), L.v.data(), {B, S, nh, nkv, d}, attn_impl_,
+                                      &attn_ws_);
   kernels::rope_apply_cuda<T>(ctx_, dq, rope_cos_.data(), rope_sin_.data(), B, S, nh, d, true);
   kernels::rope_apply_cuda<T>(ctx_, dk, rope_cos_.data(), rope_sin_.data(), B, S, nkv, d, true);
   linear_backward(dx, 0.f, L.wq, L.bq, dq, L.xn1.data(), T_, qd, H);

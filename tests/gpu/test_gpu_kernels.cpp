@@ -343,7 +343,7 @@ struct AttnCase {
 };
 
 template <typename T>
-void check_attention(const AttnCase& c) {
+void check_attention(const AttnCase& c, kernels::AttnImpl impl) {
   cuda::Context ctx;
   const kernels::AttnShape s{c.batch, c.seq, c.heads, c.kv_heads, c.head_dim};
   const int64_t T_ = c.batch * c.seq, qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim;
@@ -357,11 +357,14 @@ void check_attention(const AttnCase& c) {
   auto d_out = poisoned<T>(T_ * qd), d_dq = poisoned<T>(T_ * qd), d_dk = poisoned<T>(T_ * kvd),
        d_dv = poisoned<T>(T_ * kvd);
   DeviceArray<float> d_lse = poisoned<float>(c.batch * c.heads * c.seq), d_delta(c.batch * c.heads * c.seq);
-  kernels::attention_forward_cuda<T>(ctx, d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s);
+  kernels::AttnWorkspace ws;
+  kernels::attention_forward_cuda<T>(ctx, d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s, impl,
+                                     &ws);
   kernels::attention_backward_cuda<T>(ctx, d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_do.data(),
-                                      d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s);
+                                      d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s, impl, &ws);
   ctx.synchronize();
-  const std::string what = "seq " + std::to_string(c.seq) + " heads " + std::to_string(c.heads) + "/" +
+  const std::string what = std::string(impl == kernels::AttnImpl::kGemm ? "gemm" : "plain") + " seq " +
+                           std::to_string(c.seq) + " heads " + std::to_string(c.heads) + "/" +
                            std::to_string(c.kv_heads) + " d " + std::to_string(c.head_dim);
   EXPECT_LT(strict_rel_err(to_host(d_out), out), tol<T>(2e-5)) << what;
   EXPECT_LT(strict_rel_err(to_host(d_dq), dq), tol<T>(1e-4)) << what;
@@ -371,9 +374,11 @@ void check_attention(const AttnCase& c) {
 
 TYPED_TEST(GpuActOp, AttentionMatchesCpuForMhaAndGqa) {
   MOEKIT_REQUIRE_GPU();
-  check_attention<TypeParam>({2, 37, 4, 4, 16});    // MHA, head_dim below a warp
-  check_attention<TypeParam>({1, 130, 8, 2, 128});  // GQA 4:1, Qwen's head_dim
-  check_attention<TypeParam>({2, 20, 4, 1, 80});    // MQA, head_dim not a multiple of 32
+  for (kernels::AttnImpl impl : {kernels::AttnImpl::kPlain, kernels::AttnImpl::kGemm}) {
+    check_attention<TypeParam>({2, 37, 4, 4, 16}, impl);    // MHA, head_dim below a warp
+    check_attention<TypeParam>({1, 130, 8, 2, 128}, impl);  // GQA 4:1, Qwen's head_dim
+    check_attention<TypeParam>({2, 20, 4, 1, 80}, impl);    // MQA, head_dim not a multiple of 32
+  }
 }
 
 // ---- MoE: router and dispatch ----

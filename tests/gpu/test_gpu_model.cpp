@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,13 @@ void compare(const Variant& v, model::GpuPrecision precision, double loss_tol, d
 TEST(GpuModel, MatchesCpuModelInF32) {
   MOEKIT_REQUIRE_GPU();
   for (const auto& v : variants()) compare(v, model::GpuPrecision::kF32, 1e-5, 1e-4);
+}
+
+TEST(GpuModel, MatchesCpuModelInF32WithPlainAttention) {
+  MOEKIT_REQUIRE_GPU();
+  setenv("MOEKIT_CUDA_ATTENTION", "plain", 1);  // read by each GpuModel at construction
+  for (const auto& v : variants()) compare(v, model::GpuPrecision::kF32, 1e-5, 1e-4);
+  unsetenv("MOEKIT_CUDA_ATTENTION");
 }
 
 TEST(GpuModel, MatchesCpuModelInBf16) {
