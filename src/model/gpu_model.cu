@@ -13,6 +13,7 @@
 #include "kernels/rope.h"
 #include "moe/aux_loss.h"
 #include "moe/moe_cuda.h"
+#include "moe/token_dispatcher.h"
 
 namespace moekit::model {
 
@@ -72,9 +73,20 @@ U* ensure(DeviceArray<U>* a, int64_t n) {
 template <typename T>
 class ImplT final : public GpuModel::Impl {
  public:
-  ImplT(const config::ModelConfig& cfg, const ParamStore& layout, cuda::Context& ctx)
-      : cfg_(cfg), ctx_(ctx), specs_(layout.specs()) {
+  ImplT(const config::ModelConfig& cfg, const ParamStore& layout, cuda::Context& ctx, GpuParallel ep)
+      : cfg_(cfg), ctx_(ctx), ep_(ep), specs_(layout.specs()) {
     cfg_.validate();
+    if (ep_.active()) {
+      const int P = ep_.counts->size();
+      MOEKIT_CHECK(ep_.rows && ep_.rows->size() == P && ep_.rows->rank() == ep_.counts->rank(),
+                   "GpuModel: the device expert-parallel group must mirror the host one (", P, " ranks)");
+      MOEKIT_CHECK(cfg_.num_experts % P == 0, "GpuModel: num_experts ", cfg_.num_experts,
+                   " is not divisible by the expert-parallel size ", P);
+      local_experts_ = cfg_.num_experts / P;
+      first_expert_ = ep_.counts->rank() * local_experts_;
+    } else {
+      local_experts_ = cfg_.num_experts;
+    }
     for (size_t i = 0; i < specs_.size(); ++i) index_[specs_[i].name] = i;
     for (int e = 0; e < 2; ++e) {
       numel_[e] = layout.numel(e);
@@ -84,7 +96,7 @@ class ImplT final : public GpuModel::Impl {
     }
     MOEKIT_CHECK(!cfg_.is_moe() || layout.numel(true) == expected_expert_numel(), "GpuModel: the layout holds ",
                  layout.numel(true), " expert parameters, the config needs ", expected_expert_numel(),
-                 " (expert parallelism is not implemented on GPUs: every expert must be local)");
+                 " (", local_experts_, " local experts per MoE layer)");
     bind();
     zero_grad();
   }
@@ -167,7 +179,10 @@ class ImplT final : public GpuModel::Impl {
     DeviceArray<float> r_logits, probs, r_lse, weights;     // router (T, E), (T, E), (T), (T, k)
     DeviceArray<int32_t> idx, counts, offsets, row_of, token_of;
     std::vector<int64_t> host_counts;
-    DeviceArray<T> xp, e_gu, e_act, yp;                     // dispatched rows (R, .)
+    DeviceArray<T> xp, e_gu, e_act, yp;                     // dispatched rows (T*k, .); e_*: expert rows
+    moe::DispatchHandle handle;                             // expert parallelism: the exchange plan
+    DeviceArray<int32_t> grouped_row;                       // (R_in) received row -> grouped row
+    DeviceArray<T> xg;                                      // (R_in, H) received rows grouped by expert
     DeviceArray<T> s_gu, s_act, s_out;                      // shared expert
     DeviceArray<float> s_gate;                              // (T) sigmoid of the gate logit
     DeviceArray<float> prob_sum, dprob;                     // (E)
@@ -179,7 +194,7 @@ class ImplT final : public GpuModel::Impl {
   int64_t expected_expert_numel() const {
     int64_t n = 0;
     for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
-      if (cfg_.is_sparse_layer(l)) n += cfg_.num_experts * 3 * cfg_.moe_intermediate_size * cfg_.hidden_size;
+      if (cfg_.is_sparse_layer(l)) n += local_experts_ * 3 * cfg_.moe_intermediate_size * cfg_.hidden_size;
     return n;
   }
 
@@ -216,7 +231,8 @@ class ImplT final : public GpuModel::Impl {
       }
       L.moe_index = moe++;
       L.router = ref(p + "mlp.gate.weight");
-      L.experts = ref(p + "mlp.experts.0.gate_proj.weight");  // the stack: [gate; up; down] per expert
+      // The stack of this rank's experts: [gate; up; down] per expert, back to back.
+      L.experts = ref(p + "mlp.experts." + std::to_string(first_expert_) + ".gate_proj.weight");
       if (cfg_.shared_expert_intermediate_size > 0) {
         L.s_gate_up = ref(p + "mlp.shared_expert.gate_proj.weight");
         L.s_down = ref(p + "mlp.shared_expert.down_proj.weight");
@@ -280,9 +296,23 @@ class ImplT final : public GpuModel::Impl {
   void attention_backward(Layer& L, T* dx, const T* dy, int64_t B, int64_t S);
   void moe_forward(Layer& L, T* y, int64_t tokens);
   void moe_backward(Layer& L, T* dx, const T* dy, int64_t tokens);
+  void experts_forward(Layer& L, const int64_t* counts, const T* x, int64_t rows, T* y);
+  void experts_backward(Layer& L, const int64_t* counts, const T* dy, const T* x, int64_t rows, T* dx);
+  // The rows of a dispatch handle, to the experts' owners or back to their sources (NCCL).
+  void exchange(T* dst, const T* src, const moe::DispatchHandle& h, bool to_experts) {
+    const int64_t* sc = to_experts ? h.send_rows.data() : h.recv_rows.data();
+    const int64_t* sd = to_experts ? h.send_offsets.data() : h.recv_offsets.data();
+    const int64_t* rc = to_experts ? h.recv_rows.data() : h.send_rows.data();
+    const int64_t* rd = to_experts ? h.recv_offsets.data() : h.send_offsets.data();
+    ctx_.synchronize();  // the NCCL communicator works on its own stream: hand it finished rows
+    ep_.rows->all_to_all_v(dst, rc, rd, src, sc, sd, cfg_.hidden_size * static_cast<int64_t>(sizeof(T)),
+                           parallel::DataType::kU8);
+  }
 
   config::ModelConfig cfg_;
   cuda::Context& ctx_;
+  GpuParallel ep_;
+  int64_t local_experts_ = 0, first_expert_ = 0;
   std::vector<ParamSpec> specs_;
   std::map<std::string, size_t> index_;
   int64_t numel_[2] = {0, 0};
@@ -306,7 +336,7 @@ class ImplT final : public GpuModel::Impl {
   DeviceArray<double> loss_sum_;
   // Scratch: reused within one op sequence, never across forward/backward.
   DeviceArray<T> scratch_a_, scratch_b_, scratch_c_, scratch_d_, dq_, dk_, dv_;
-  DeviceArray<T> dx_, dh_, dmlp_;
+  DeviceArray<T> dx_, dh_, dmlp_, ep_a_, ep_b_;
   DeviceArray<float> delta_, dweights_;
 };
 
@@ -351,7 +381,7 @@ void ImplT<T>::attention_backward(Layer& L, T* dx, const T* dy, int64_t B, int64
 template <typename T>
 void ImplT<T>::moe_forward(Layer& L, T* y, int64_t N) {
   const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, k = cfg_.num_experts_per_tok;
-  const int64_t I = cfg_.moe_intermediate_size, Is = cfg_.shared_expert_intermediate_size, R = N * k;
+  const int64_t Is = cfg_.shared_expert_intermediate_size, R = N * k;
   // Router in f32 (DESIGN.md section 5): the normalised input widened, the f32 master weights.
   const float* x32 = nullptr;
   if constexpr (std::is_same_v<T, float>) {
@@ -373,18 +403,36 @@ void ImplT<T>::moe_forward(Layer& L, T* y, int64_t N) {
   ctx_.synchronize();
   L.host_counts.assign(c32.begin(), c32.end());
   counts_[&L - layers_.data()] = L.host_counts;
-  // Routed experts over the permuted rows: [gate; up] then down, one grouped GEMM each.
   T* xp = ensure(&L.xp, R * H);
-  T* e_gu = ensure(&L.e_gu, R * 2 * I);
-  T* e_act = ensure(&L.e_act, R * I);
   T* yp = ensure(&L.yp, R * H);
-  const int64_t stride = 3 * I * H;
   moe::dispatch_rows_cuda<T>(ctx_, xp, L.xn2.data(), L.token_of.data(), R, H);
-  kernels::grouped_gemm_cuda(ctx_, &grouped_, GemmOp::kNT, act_dtype<T>(), L.host_counts.data(), E, 2 * I, H, e_gu,
-                             xp, wT(L.experts), stride);
-  kernels::swiglu_forward_cuda<T>(ctx_, e_act, e_gu, R, I);
-  kernels::grouped_gemm_cuda(ctx_, &grouped_, GemmOp::kNT, act_dtype<T>(), L.host_counts.data(), E, H, I, yp, e_act,
-                             wT(L.experts) + 2 * I * H, stride);
+  if (!ep_.active()) {
+    experts_forward(L, L.host_counts.data(), xp, R, yp);
+  } else {
+    // The dispatcher's six phases (moe/token_dispatcher.h) with the rows on the device.
+    moe::DispatchHandle& h = L.handle;
+    h.plan = moe::DispatchPlan{};
+    h.plan.tokens = N;
+    h.plan.topk = k;
+    h.plan.experts = E;
+    h.plan.counts = L.host_counts;
+    h.plan.offsets.assign(E + 1, 0);
+    for (int64_t e = 0; e < E; ++e) h.plan.offsets[e + 1] = h.plan.offsets[e] + h.plan.counts[e];
+    moe::plan_sends(&h, ep_.counts->size());
+    moe::exchange_counts(&h, *ep_.counts);
+    const int64_t Rin = h.received_rows();
+    DeviceArray<int32_t>& gr = L.grouped_row;
+    ensure(&gr, std::max<int64_t>(Rin, 1));
+    gr.upload(h.grouped_row.data(), static_cast<size_t>(Rin));
+    T* recv = ensure(&ep_a_, std::max<int64_t>(Rin, 1) * H);
+    exchange(recv, xp, h, /*to_experts=*/true);
+    T* xg = ensure(&L.xg, std::max<int64_t>(Rin, 1) * H);
+    moe::scatter_rows_cuda<T>(ctx_, xg, recv, gr.data(), Rin, H);
+    T* yg = ensure(&ep_b_, std::max<int64_t>(Rin, 1) * H);
+    experts_forward(L, h.expert_layout.counts.data(), xg, Rin, yg);
+    moe::dispatch_rows_cuda<T>(ctx_, recv, yg, gr.data(), Rin, H);  // back to received order
+    exchange(yp, recv, h, /*to_experts=*/false);
+  }
   moe::combine_rows_cuda<T>(ctx_, y, 0.f, yp, L.weights.data(), L.row_of.data(), N, k, H);
   if (Is > 0) {
     T* s_gu = ensure(&L.s_gu, N * 2 * Is);
@@ -406,26 +454,56 @@ void ImplT<T>::moe_forward(Layer& L, T* y, int64_t N) {
 }
 
 template <typename T>
+void ImplT<T>::experts_forward(Layer& L, const int64_t* counts, const T* x, int64_t rows, T* y) {
+  // Each local expert e over its rows: [gate; up] then down, one grouped GEMM each.
+  const int64_t H = cfg_.hidden_size, I = cfg_.moe_intermediate_size, stride = 3 * I * H;
+  T* e_gu = ensure(&L.e_gu, std::max<int64_t>(rows, 1) * 2 * I);
+  T* e_act = ensure(&L.e_act, std::max<int64_t>(rows, 1) * I);
+  kernels::grouped_gemm_cuda(ctx_, &grouped_, GemmOp::kNT, act_dtype<T>(), counts, local_experts_, 2 * I, H, e_gu, x,
+                             wT(L.experts), stride);
+  kernels::swiglu_forward_cuda<T>(ctx_, e_act, e_gu, rows, I);
+  kernels::grouped_gemm_cuda(ctx_, &grouped_, GemmOp::kNT, act_dtype<T>(), counts, local_experts_, H, I, y, e_act,
+                             wT(L.experts) + 2 * I * H, stride);
+}
+
+template <typename T>
+void ImplT<T>::experts_backward(Layer& L, const int64_t* counts, const T* dy, const T* x, int64_t rows, T* dx) {
+  const int64_t H = cfg_.hidden_size, I = cfg_.moe_intermediate_size, stride = 3 * I * H, n = local_experts_;
+  T* dact = ensure(&scratch_a_, std::max<int64_t>(rows, 1) * I);
+  T* dgu = ensure(&scratch_b_, std::max<int64_t>(rows, 1) * 2 * I);
+  kernels::grouped_gemm_cuda(ctx_, &grouped_, GemmOp::kNN, act_dtype<T>(), counts, n, I, H, dact, dy,
+                             wT(L.experts) + 2 * I * H, stride);  // dact = dy W_down
+  kernels::grouped_weight_grad_cuda(ctx_, act_dtype<T>(), counts, n, H, I, g32(L.experts) + 2 * I * H, stride, dy,
+                                    L.e_act.data());  // dW_down += dy^T act
+  kernels::swiglu_backward_cuda<T>(ctx_, dgu, dact, L.e_gu.data(), rows, I);
+  kernels::grouped_weight_grad_cuda(ctx_, act_dtype<T>(), counts, n, 2 * I, H, g32(L.experts), stride, dgu,
+                                    x);  // dW_gu += dgu^T x
+  kernels::grouped_gemm_cuda(ctx_, &grouped_, GemmOp::kNN, act_dtype<T>(), counts, n, H, 2 * I, dx, dgu,
+                             wT(L.experts), stride);  // dx = dgu W_gu
+}
+
+template <typename T>
 void ImplT<T>::moe_backward(Layer& L, T* dx, const T* dy, int64_t N) {
   const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, k = cfg_.num_experts_per_tok;
-  const int64_t I = cfg_.moe_intermediate_size, Is = cfg_.shared_expert_intermediate_size, R = N * k;
-  const int64_t stride = 3 * I * H;
-  const int64_t* rows = L.host_counts.data();
+  const int64_t Is = cfg_.shared_expert_intermediate_size, R = N * k;
   T* dyp = ensure(&scratch_c_, R * H);
   float* dw = ensure(&dweights_, R);
   moe::combine_rows_backward_cuda<T>(ctx_, dyp, dw, dy, L.yp.data(), L.weights.data(), L.row_of.data(), N, k, H);
-  T* dact = ensure(&scratch_a_, R * I);
-  T* dgu = ensure(&scratch_b_, R * 2 * I);
   T* dxp = ensure(&scratch_d_, R * H);
-  kernels::grouped_gemm_cuda(ctx_, &grouped_, GemmOp::kNN, act_dtype<T>(), rows, E, I, H, dact, dyp,
-                             wT(L.experts) + 2 * I * H, stride);  // dact = dyp W_down
-  kernels::grouped_weight_grad_cuda(ctx_, act_dtype<T>(), rows, E, H, I, g32(L.experts) + 2 * I * H, stride, dyp,
-                                    L.e_act.data());  // dW_down += dyp^T act
-  kernels::swiglu_backward_cuda<T>(ctx_, dgu, dact, L.e_gu.data(), R, I);
-  kernels::grouped_weight_grad_cuda(ctx_, act_dtype<T>(), rows, E, 2 * I, H, g32(L.experts), stride, dgu,
-                                    L.xp.data());  // dW_gu += dgu^T xp
-  kernels::grouped_gemm_cuda(ctx_, &grouped_, GemmOp::kNN, act_dtype<T>(), rows, E, H, 2 * I, dxp, dgu,
-                             wT(L.experts), stride);  // dxp = dgu W_gu
+  if (!ep_.active()) {
+    experts_backward(L, L.host_counts.data(), dyp, L.xp.data(), R, dxp);
+  } else {
+    // The forward's exchanges in reverse with the same handle (moe/token_dispatcher.h).
+    const moe::DispatchHandle& h = L.handle;
+    const int64_t Rin = std::max<int64_t>(h.received_rows(), 1);
+    T* drecv = ensure(&ep_a_, Rin * H);
+    exchange(drecv, dyp, h, /*to_experts=*/true);
+    T* dyg = ensure(&ep_b_, Rin * H);
+    moe::scatter_rows_cuda<T>(ctx_, dyg, drecv, L.grouped_row.data(), h.received_rows(), H);
+    experts_backward(L, h.expert_layout.counts.data(), dyg, L.xg.data(), h.received_rows(), drecv);  // dxg
+    moe::dispatch_rows_cuda<T>(ctx_, dyg, drecv, L.grouped_row.data(), h.received_rows(), H);  // received order
+    exchange(dxp, dyg, h, /*to_experts=*/false);
+  }
   moe::dispatch_rows_backward_cuda<T>(ctx_, dx, 0.f, dxp, L.row_of.data(), N, k, H);
   // Router: d logits from the combine weights, the load-balancing term and the z-loss.
   T* dlog = ensure(&scratch_a_, N * E);
@@ -524,7 +602,7 @@ LossTerms ImplT<T>::forward(const int64_t* in, const int64_t* tg, int64_t B, int
   out.total = out.ce;
   std::vector<std::vector<float>> dprob;
   std::vector<float> z_scale;
-  add_router_losses(stats, cfg_, loss, nullptr, &out, &dprob, &z_scale);
+  add_router_losses(stats, cfg_, loss, ep_.dp, &out, &dprob, &z_scale);
   for (Layer& L : layers_) {
     if (!L.sparse) continue;
     const int m = L.moe_index;
@@ -577,9 +655,9 @@ void ImplT<T>::backward() {
 }  // namespace
 
 GpuModel::GpuModel(const config::ModelConfig& cfg, const ParamStore& layout, cuda::Context& ctx,
-                   GpuPrecision precision) {
-  if (precision == GpuPrecision::kF32) impl_ = std::make_unique<ImplT<float>>(cfg, layout, ctx);
-  else impl_ = std::make_unique<ImplT<bf16>>(cfg, layout, ctx);
+                   GpuPrecision precision, GpuParallel ep) {
+  if (precision == GpuPrecision::kF32) impl_ = std::make_unique<ImplT<float>>(cfg, layout, ctx, ep);
+  else impl_ = std::make_unique<ImplT<bf16>>(cfg, layout, ctx, ep);
 }
 GpuModel::~GpuModel() = default;
 

@@ -10,9 +10,14 @@
 //
 // One forward keeps every activation its backward needs (no recomputation yet). The router's
 // per-expert row counts come to the host once per MoE layer (the grouped expert GEMM needs them
-// there); the aux-loss statistics come once per forward. Expert parallelism on GPUs is not
-// implemented: the model holds every expert (ep = 1); data parallelism works over any
-// Communicator on device pointers (NCCL).
+// there); the aux-loss statistics come once per forward.
+//
+// Expert parallelism (GpuParallel with a group of P > 1 ranks): the model holds experts
+// [rank * E/P, (rank + 1) * E/P) of every MoE layer (the layout must be declared that way) and
+// runs the dispatcher of moe/token_dispatcher.h: the per-expert counts travel over a host
+// communicator, the rows over a device one (NCCL all-to-all-v), both ways in the forward and
+// again in the backward with the same handle. Every rank of the group runs forward and backward
+// of the same layers together.
 #pragma once
 
 #ifdef MOEKIT_WITH_CUDA
@@ -24,16 +29,30 @@
 #include "core/cuda_util.h"
 #include "model/model.h"
 #include "model/params.h"
+#include "parallel/communicator.h"
 
 namespace moekit::model {
 
 enum class GpuPrecision { kF32, kBf16 };
 
+// The process groups a GPU model runs over (none owned; all optional). The expert-parallel group
+// comes twice: `counts` on the host (e.g. the MPI ep group: the small count exchange), `rows` on
+// device pointers (the NCCL ep group: the token all-to-all); expert parallelism is off when
+// counts is null or has one rank. `dp` (host, every data-parallel rank) serves only the
+// global-batch aux loss, as model::ModelParallel::dp does for the CPU model.
+struct GpuParallel {
+  parallel::Communicator* counts = nullptr;
+  parallel::Communicator* rows = nullptr;
+  parallel::Communicator* dp = nullptr;
+  bool active() const { return counts && counts->size() > 1; }
+};
+
 class GpuModel {
  public:
-  // `layout`: a finalized ParamStore of this config (all experts), e.g. a CPU Model's params();
-  // only its specs are used.
-  GpuModel(const config::ModelConfig& cfg, const ParamStore& layout, cuda::Context& ctx, GpuPrecision precision);
+  // `layout`: a finalized ParamStore of this config (every expert, or with expert parallelism
+  // this rank's), e.g. a CPU Model's params(); only its specs are used.
+  GpuModel(const config::ModelConfig& cfg, const ParamStore& layout, cuda::Context& ctx, GpuPrecision precision,
+           GpuParallel ep = {});
   ~GpuModel();
   GpuModel(const GpuModel&) = delete;
   GpuModel& operator=(const GpuModel&) = delete;

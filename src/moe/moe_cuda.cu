@@ -87,6 +87,13 @@ __global__ void dispatch_rows_kernel(T* xp, const T* x, const int32_t* token_of,
 }
 
 template <typename T>
+__global__ void scatter_rows_kernel(T* out, const T* in, const int32_t* dst, int64_t rows, int64_t H) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows * H;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[static_cast<int64_t>(dst[i / H]) * H + i % H] = in[i];
+}
+
+template <typename T>
 __global__ void combine_rows_kernel(T* out, float beta, const T* yp, const float* w, const int32_t* row_of,
                                     int64_t tokens, int64_t k, int64_t H) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < tokens * H;
@@ -181,6 +188,14 @@ void dispatch_rows_cuda(const cuda::Context& ctx, T* xp, const T* x, const int32
 }
 
 template <typename T>
+void scatter_rows_cuda(const cuda::Context& ctx, T* out, const T* in, const int32_t* dst, int64_t rows,
+                       int64_t hidden) {
+  if (rows * hidden == 0) return;
+  scatter_rows_kernel<T><<<cuda::grid_for(rows * hidden), kThreads, 0, ctx.stream()>>>(out, in, dst, rows, hidden);
+  MOEKIT_CUDA_LAUNCHED("scatter_rows", ctx.stream());
+}
+
+template <typename T>
 void combine_rows_cuda(const cuda::Context& ctx, T* out, float beta, const T* yp, const float* weights,
                        const int32_t* row_of, int64_t tokens, int64_t topk, int64_t hidden) {
   if (tokens * hidden == 0) return;
@@ -213,6 +228,7 @@ void dispatch_rows_backward_cuda(const cuda::Context& ctx, T* dx, float beta, co
                                         const float*, const float*, const float*, float, int64_t, int64_t, int64_t, \
                                         bool);                                                                      \
   template void dispatch_rows_cuda<T>(const cuda::Context&, T*, const T*, const int32_t*, int64_t, int64_t);     \
+  template void scatter_rows_cuda<T>(const cuda::Context&, T*, const T*, const int32_t*, int64_t, int64_t);      \
   template void combine_rows_cuda<T>(const cuda::Context&, T*, float, const T*, const float*, const int32_t*,    \
                                      int64_t, int64_t, int64_t);                                                    \
   template void combine_rows_backward_cuda<T>(const cuda::Context&, T*, float*, const T*, const T*, const float*, \

@@ -32,6 +32,10 @@ void dispatch_plan_cuda(const cuda::Context& ctx, int32_t* counts, int32_t* offs
 template <typename T>
 void dispatch_rows_cuda(const cuda::Context& ctx, T* xp, const T* x, const int32_t* token_of, int64_t rows,
                         int64_t hidden);
+// out[dst[i]] (H) <- in[i] for i < rows: the inverse of dispatch_rows_cuda's gather (the
+// expert-parallel regrouping of received rows by local expert, token_dispatcher.h phase 3).
+template <typename T>
+void scatter_rows_cuda(const cuda::Context& ctx, T* out, const T* in, const int32_t* dst, int64_t rows, int64_t hidden);
 // out (T, H) = beta * out + sum_j w[t, j] yp[row_of[t*k + j]], slots summed in order.
 template <typename T>
 void combine_rows_cuda(const cuda::Context& ctx, T* out, float beta, const T* yp, const float* weights,

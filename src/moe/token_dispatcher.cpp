@@ -23,13 +23,18 @@ void exchange(float* dst, const float* src, const DispatchHandle& h, int64_t hid
 
 void dispatch_preprocess(DispatchHandle* h, std::vector<float>* xp, const float* x, const int32_t* idx, int64_t T,
                          int64_t k, int64_t E, int64_t H, int ep) {
-  MOEKIT_CHECK(ep >= 1 && E % ep == 0, "dispatch: num_experts ", E, " is not divisible by the expert-parallel size ",
-               ep);
   h->plan = make_dispatch_plan(idx, T, k, E);
-  h->ep = ep;
-  h->local_experts = E / ep;
+  plan_sends(h, ep);
   xp->resize(static_cast<size_t>(T * k * H));
   dispatch_rows(xp->data(), x, h->plan, H);
+}
+
+void plan_sends(DispatchHandle* h, int ep) {
+  const int64_t E = h->plan.experts;
+  MOEKIT_CHECK(ep >= 1 && E % ep == 0, "dispatch: num_experts ", E, " is not divisible by the expert-parallel size ",
+               ep);
+  h->ep = ep;
+  h->local_experts = E / ep;
   // Peer p owns experts [p*El, (p+1)*El): its rows are one block of the sorted buffer.
   const int64_t El = h->local_experts;
   h->send_rows.assign(ep, 0);
@@ -40,8 +45,7 @@ void dispatch_preprocess(DispatchHandle* h, std::vector<float>* xp, const float*
   }
 }
 
-void token_dispatch(std::vector<float>* recv, DispatchHandle* h, const float* xp, int64_t H,
-                    parallel::Communicator& ep) {
+void exchange_counts(DispatchHandle* h, parallel::Communicator& ep) {
   const int P = h->ep;
   const int64_t El = h->local_experts;
   MOEKIT_CHECK(ep.size() == P, "token_dispatch: plan made for ", P, " expert-parallel ranks but group '", ep.name(),
@@ -78,7 +82,12 @@ void token_dispatch(std::vector<float>* recv, DispatchHandle* h, const float* xp
   for (int p = 0; p < P; ++p)
     for (int64_t e = 0; e < El; ++e)
       for (int64_t n = 0; n < h->recv_counts[p * El + e]; ++n) h->grouped_row[i++] = static_cast<int32_t>(next[e]++);
-  recv->resize(static_cast<size_t>(total * H));
+}
+
+void token_dispatch(std::vector<float>* recv, DispatchHandle* h, const float* xp, int64_t H,
+                    parallel::Communicator& ep) {
+  exchange_counts(h, ep);
+  recv->resize(static_cast<size_t>(h->received_rows() * H));
   exchange(recv->data(), xp, *h, H, ep, /*to_experts=*/true);
 }
 

@@ -65,6 +65,13 @@ void token_combine(std::vector<float>* yp, const float* recv, const DispatchHand
 // 6 (local). out (T, H) = sum_j weights[t, j] * yp[row_of(t, j)] (slots in order j = 0..k-1).
 void combine_postprocess(float* out, const float* yp, const float* weights, const DispatchHandle& h, int64_t hidden);
 
+// The bookkeeping halves of phases 1 and 2, for dispatchers that move the rows themselves (the
+// GPU model): plan_sends fills ep, local_experts and the per-peer send blocks from h->plan's
+// counts and offsets; exchange_counts sends the per-expert counts to the peers and fills the
+// receive side (recv_counts, recv_rows/offsets, expert_layout, grouped_row).
+void plan_sends(DispatchHandle* h, int ep);
+void exchange_counts(DispatchHandle* h, parallel::Communicator& ep);
+
 // ---- backward (reuses the handle; no count exchange) ---------------------------------------
 
 // Gradient of phase 5: dyp (T*k, H) goes to the expert owners. drecv <- (R, H).

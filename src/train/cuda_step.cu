@@ -20,16 +20,16 @@ class CudaStep final : public DeviceStep {
  public:
   CudaStep(const config::ModelConfig& cfg, const model::ParamStore& layout, const optim::OptimConfig& oc,
            parallel::ParallelContext& pctx)
-      : oc_(oc), specs_(layout.specs()), ctx_(cuda::device_for_local_rank(parallel::detect_launch().local_rank)),
+      : oc_(oc), pctx_(pctx), specs_(layout.specs()),
+        ctx_(cuda::device_for_local_rank(parallel::detect_launch().local_rank)), nccl_(make_groups(pctx)),
         model_(cfg, layout, ctx_,
-               oc.precision == optim::Precision::kBf16 ? model::GpuPrecision::kBf16 : model::GpuPrecision::kF32) {
+               oc.precision == optim::Precision::kBf16 ? model::GpuPrecision::kBf16 : model::GpuPrecision::kF32,
+               {pctx.ep.get(), nccl_.ep.get(), pctx.world.get()}) {
     for (int e = 0; e < 2; ++e) {
       m_[e] = cuda::DeviceArray<float>(static_cast<size_t>(model_.numel(e)));
       v_[e] = cuda::DeviceArray<float>(static_cast<size_t>(model_.numel(e)));
     }
     for (const auto& s : specs_) decay_.push_back(optim::applies_weight_decay(oc_, s.name));
-    // Gradients travel between GPUs over NCCL; MPI (the world communicator) only bootstraps it.
-    if (pctx.topo.world() > 1) nccl_ = parallel::make_nccl_communicator(*pctx.world, "world (NCCL)");
     cudaDeviceProp prop;
     MOEKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx_.device()));
     name_ = std::string(prop.name) + " (device " + std::to_string(ctx_.device()) + ")";
@@ -48,22 +48,33 @@ class CudaStep final : public DeviceStep {
   void backward() override { model_.backward(); }
   const std::vector<std::vector<int64_t>>& expert_counts() const override { return model_.expert_counts(); }
 
+  // parallel/grad_sync.h on device arenas: dense gradients averaged over the world, expert
+  // gradients summed over the edp group and scaled by 1/W; the norm counts each parameter once
+  // (the expert part summed over the ep group).
   double reduce_gradients(float scale) override {
-    for (int e = 0; e < 2; ++e) {
-      if (model_.numel(e) == 0) continue;
-      if (scale != 1.f) kernels::scale_cuda(ctx_, model_.grads(e), scale, model_.numel(e));
-      if (nccl_) {
-        // Every rank holds every parameter (no expert parallelism on GPUs yet): average both arenas
-        // over the world. The NCCL communicator runs on its own stream: hand it finished data.
-        ctx_.synchronize();
-        nccl_->all_reduce(model_.grads(e), model_.numel(e), parallel::ReduceOp::kAvg);
+    const int W = pctx_.topo.world();
+    const float expert_scale = scale / static_cast<float>(W);
+    if (model_.numel(false) > 0) {
+      if (scale != 1.f) kernels::scale_cuda(ctx_, model_.grads(false), scale, model_.numel(false));
+      if (nccl_.world) {
+        ctx_.synchronize();  // the NCCL communicators work on their own streams: hand them finished data
+        nccl_.world->all_reduce(model_.grads(false), model_.numel(false), parallel::ReduceOp::kAvg);
       }
+    }
+    if (model_.numel(true) > 0) {
+      if (nccl_.edp) {
+        ctx_.synchronize();
+        nccl_.edp->all_reduce(model_.grads(true), model_.numel(true), parallel::ReduceOp::kSum);
+      }
+      if (expert_scale != 1.f) kernels::scale_cuda(ctx_, model_.grads(true), expert_scale, model_.numel(true));
     }
     cuda::DeviceArray<double> sq(2);
     for (int e = 0; e < 2; ++e) kernels::sum_squares_cuda(ctx_, sq.data() + e, model_.grads(e), model_.numel(e));
     ctx_.synchronize();
     const std::vector<double> h = sq.download();
-    return std::sqrt(h[0] + h[1]);
+    double expert = h[1];
+    if (pctx_.ep->size() > 1) pctx_.ep->all_reduce(&expert, 1, parallel::ReduceOp::kSum);
+    return std::sqrt(h[0] + expert);
   }
 
   void scale_gradients(float factor) override {
@@ -138,13 +149,27 @@ class CudaStep final : public DeviceStep {
     peak_mib_ = std::max(peak_mib_, static_cast<double>(total_b - free_b) / (1024.0 * 1024.0));
   }
 
+  // NCCL mirrors of the process groups that move device data; MPI only bootstraps them. Null
+  // where the group has one rank.
+  struct NcclGroups {
+    std::unique_ptr<parallel::Communicator> world, ep, edp;
+  };
+  static NcclGroups make_groups(parallel::ParallelContext& p) {
+    NcclGroups g;  // every rank creates the same groups in the same order (each is a collective)
+    if (p.world->size() > 1) g.world = parallel::make_nccl_communicator(*p.world, "world (NCCL)");
+    if (p.ep->size() > 1) g.ep = parallel::make_nccl_communicator(*p.ep, "ep (NCCL)");
+    if (p.edp->size() > 1) g.edp = parallel::make_nccl_communicator(*p.edp, "edp (NCCL)");
+    return g;
+  }
+
   optim::OptimConfig oc_;
+  parallel::ParallelContext& pctx_;
   std::vector<model::ParamSpec> specs_;
   std::vector<uint8_t> decay_;
   cuda::Context ctx_;
+  NcclGroups nccl_;
   model::GpuModel model_;
   cuda::DeviceArray<float> m_[2], v_[2];
-  std::unique_ptr<parallel::Communicator> nccl_;
   int64_t t_ = 0;
   double peak_mib_ = 0;
   std::string name_;

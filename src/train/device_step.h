@@ -6,9 +6,9 @@
 // initialisation and the checkpoint files: from_host() after initialisation or a resume,
 // to_host() before a checkpoint is written.
 //
-// Supported: data parallelism (every rank holds every expert), fp32 and bf16 precision. Not
-// yet: expert parallelism (parallel.ep > 1), ZeRO-1 and fp16 on GPUs; the trainer refuses them
-// with a message naming the key.
+// Supported: data and expert parallelism (the same groups as on CPU ranks, mirrored by NCCL
+// communicators for the device data), fp32 and bf16 precision. Not yet: ZeRO-1 and fp16 on
+// GPUs; the trainer refuses them with a message naming the key.
 #pragma once
 
 #include <memory>
@@ -36,8 +36,8 @@ class DeviceStep {
   // Rows each expert received in the last forward, per layer (empty for dense layers).
   virtual const std::vector<std::vector<int64_t>>& expert_counts() const = 0;
 
-  // Multiply the gradients by `scale`, average them over the ranks, and return the global L2
-  // norm (identical on every rank; NaN/Inf propagate).
+  // Multiply the gradients by `scale`, synchronise them over the ranks as parallel/grad_sync.h
+  // does, and return the global L2 norm (identical on every rank; NaN/Inf propagate).
   virtual double reduce_gradients(float scale) = 0;
   virtual void scale_gradients(float factor) = 0;
   // One AdamW update with learning rate lr (the step counter is the optimizer's own).

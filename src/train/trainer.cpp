@@ -221,8 +221,6 @@ Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
   ocfg_.validate();
   loss_ = loss_config(cfg_);
   if (cfg_.train.device == "cuda") {
-    MOEKIT_CHECK(cfg_.parallel.ep == 1, cfg_.source, ": parallel.ep ", cfg_.parallel.ep,
-                 " with train.device cuda: expert parallelism on GPUs is not implemented yet (use parallel.ep 1)");
     MOEKIT_CHECK(!cfg_.parallel.zero1, cfg_.source,
                  ": parallel.zero1 with train.device cuda is not implemented yet (set parallel.zero1 false)");
     MOEKIT_CHECK(ocfg_.precision != optim::Precision::kFp16, cfg_.source,

@@ -17,5 +17,8 @@ namespace moekit::test {
 // The world context of this process, made by main() with ep from --ep=N (default 1).
 parallel::ParallelContext& mpi_context();
 int mpi_ep_arg();
+// True on every rank when every rank has a CUDA device of its own (device local_rank exists),
+// false on every rank otherwise: GPU tests skip together (NCCL refuses two ranks per device).
+bool every_rank_has_a_gpu();
 
 }  // namespace moekit::test

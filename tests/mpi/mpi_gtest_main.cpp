@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "mpi_gtest.h"
+#include "core/device.h"
 #include "parallel/mpi_communicator.h"
 
 namespace moekit::test {
@@ -31,6 +32,11 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 
 parallel::ParallelContext& mpi_context() { return *g_ctx; }
 int mpi_ep_arg() { return g_ep; }
+
+bool every_rank_has_a_gpu() {
+  const int mine = cuda_device_count() > parallel::detect_launch().local_rank ? 1 : 0;
+  return g_ctx->world->all_reduce_value<int32_t>(mine) == g_ctx->world->size();
+}
 
 }  // namespace moekit::test
 

@@ -20,12 +20,8 @@ TEST(NcclComm, AllReduceAndAllToAllV) {
   GTEST_SKIP() << "CPU-only build";
 #else
   auto& ctx = test::mpi_context();
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
-  // Every rank must take the same branch: skip unless every rank has a device of its own.
+  if (!test::every_rank_has_a_gpu()) GTEST_SKIP() << "needs one GPU per rank";  // every rank skips together
   const parallel::LaunchInfo li = parallel::detect_launch();
-  const int ok = ctx.world->all_reduce_value<int32_t>(devices > li.local_rank ? 1 : 0);
-  if (ok != ctx.world->size()) GTEST_SKIP() << "needs one GPU per rank";
   cudaSetDevice(li.local_rank);
   auto nccl = parallel::make_nccl_communicator(*ctx.world, "nccl-world");
   const int W = nccl->size(), r = nccl->rank();
