@@ -1,5 +1,6 @@
 #include "core/cuda_util.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -40,12 +41,33 @@ void check_launch(const char* name, cudaStream_t stream, const char* file, int l
   if (e != cudaSuccess) fail(file, line, name, cudaGetErrorString(e));
 }
 
+namespace {
+std::atomic<int64_t> g_allocated{0}, g_peak{0};
+
+void note_alloc(int64_t bytes) {
+  const int64_t now = g_allocated.fetch_add(bytes) + bytes;
+  int64_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+}  // namespace
+
+int64_t allocated_bytes() { return g_allocated.load(); }
+int64_t peak_allocated_bytes() { return g_peak.load(); }
+void reset_peak_allocated_bytes() { g_peak.store(g_allocated.load()); }
+
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
-  if (bytes_ > 0) MOEKIT_CUDA_CHECK(cudaMalloc(&data_, bytes_));
+  if (bytes_ > 0) {
+    MOEKIT_CUDA_CHECK(cudaMalloc(&data_, bytes_));
+    note_alloc(static_cast<int64_t>(bytes_));
+  }
 }
 
 DeviceBuffer::~DeviceBuffer() {
-  if (data_) cudaFree(data_);
+  if (data_) {
+    cudaFree(data_);
+    g_allocated.fetch_sub(static_cast<int64_t>(bytes_));
+  }
 }
 
 DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)),
@@ -53,7 +75,10 @@ DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : data_(std::exchange(o.da
 
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   if (this != &o) {
-    if (data_) cudaFree(data_);
+    if (data_) {
+      cudaFree(data_);
+      g_allocated.fetch_sub(static_cast<int64_t>(bytes_));
+    }
     data_ = std::exchange(o.data_, nullptr);
     bytes_ = std::exchange(o.bytes_, 0);
   }

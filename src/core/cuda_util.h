@@ -49,6 +49,13 @@ void check_launch(const char* name, cudaStream_t stream, const char* file, int l
 
 namespace moekit::cuda {
 
+// Bytes held by all live DeviceBuffers of this process, and the most ever held at once since the
+// last reset: what moekit itself allocated (the CUDA context, cuBLAS' and NCCL's internals are
+// not counted), the figure `moekit cost`'s GPU memory plan predicts.
+int64_t allocated_bytes();
+int64_t peak_allocated_bytes();
+void reset_peak_allocated_bytes();
+
 // Owning device allocation (cudaMalloc), movable. Zero bytes is a valid, null buffer.
 class DeviceBuffer {
  public:

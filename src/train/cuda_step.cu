@@ -42,7 +42,7 @@ class CudaStep final : public DeviceStep {
   model::LossTerms forward(const int64_t* in, const int64_t* tg, int64_t B, int64_t S, const model::LossConfig& loss,
                            bool train) override {
     model::LossTerms t = model_.forward(in, tg, B, S, loss, train);
-    note_memory();  // every activation of the step is alive now
+    note_memory();  // every activation of the step is alive now: the device's own view of it
     return t;
   }
   void backward() override { model_.backward(); }
@@ -122,7 +122,10 @@ class CudaStep final : public DeviceStep {
     ctx_.synchronize();
   }
 
-  double peak_memory_mib() const override { return peak_mib_; }
+  double peak_memory_mib() const override {
+    return static_cast<double>(cuda::peak_allocated_bytes()) / (1024.0 * 1024.0);
+  }
+  double device_used_mib() const override { return peak_mib_; }
 
   double peak_flops() const override {
     // reference/performance-anchors.md: dense bf16 tensor-core peaks. f32 training runs on the

@@ -48,8 +48,10 @@ class DeviceStep {
   virtual void to_host(optim::AdamW* opt) = 0;
   virtual void from_host(optim::AdamW& opt) = 0;
 
-  // Most device memory seen in use by this process, MiB.
+  // Most device memory moekit's own buffers held at once, MiB (what `moekit cost` plans), and
+  // the most the device reported in use after a forward (adds the CUDA context, cuBLAS and NCCL).
   virtual double peak_memory_mib() const = 0;
+  virtual double device_used_mib() const = 0;
   // Dense peak FLOP/s of the device for the training precision (MFU's denominator when
   // train.peak_flops is 0): the vendor's bf16 tensor-core figure for H100/H200/H800 (989.4 T)
   // and A100 (312 T); 0 for devices it does not know (MFU then needs train.peak_flops).

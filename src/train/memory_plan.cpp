@@ -106,19 +106,18 @@ MemoryPlan plan_memory(const config::ModelConfig& c, const LayoutSpec& L) {
   if (n_dense > 0) A.push_back({"dense MLP gate/up + silu*up", n_dense, T * 3 * I * b});
   if (n_sparse > 0) {
     // RouterState (+ logits on the CPU), DispatchPlan.
-    const int64_t router = T * E * f32 * (cpu ? 2 : 1) + T * f32 + R * (4 + f32) + (2 * E + 1) * 8 + 2 * R * 4;
-    A.push_back({cpu ? "router logits, probs, lse, top-k, dispatch plan" : "router probs, lse, top-k, dispatch plan",
-                 n_sparse, router});
+    const int64_t router = 2 * T * E * f32 + T * f32 + R * (4 + f32) + (2 * E + 1) * 8 + 2 * R * 4;
+    A.push_back({"router logits, probs, lse, top-k, dispatch plan", n_sparse, router});
     A.push_back({"dispatched rows and expert outputs (T*k rows)", n_sparse, 2 * R * H * b});
     A.push_back({"experts gate/up + silu*up (T*k rows)", n_sparse, R * 3 * Ie * b});
     if (shared)
       A.push_back({gated ? "shared expert gate/up, act, output, sigmoid" : "shared expert gate/up, act", n_sparse,
                    T * 3 * Is * b + (gated ? T * H * b + T * f32 : 0)});
   }
-  // Head: token ids, final norm, logits (+ their gradient on the CPU; the GPU overwrites them).
-  const int64_t head = T * 8 + T * (2 * H * b + f32) + T * V * f32 * (cpu ? 2 : 1) + (cpu ? 2 * S * d * f32 : 0);
-  A.push_back({cpu ? "ids, final norm, logits + dlogits (f32), RoPE tables" : "ids, final norm, logits (f32)", 1,
-               head});
+  // Head: token ids, final norm, logits (+ their gradient on the CPU; the GPU keeps them in the
+  // compute dtype and overwrites them with their gradient).
+  const int64_t head = T * 8 + T * (2 * H * b + f32) + (cpu ? 2 * T * V * f32 + 2 * S * d * f32 : T * V * b);
+  A.push_back({cpu ? "ids, final norm, logits + dlogits (f32), RoPE tables" : "ids, final norm, logits", 1, head});
   for (const auto& it : A) p.activations += it.count * it.bytes;
 
   // ---- backward workspace: Model::backward's four (T, H) buffers live throughout, plus the
@@ -146,6 +145,12 @@ MemoryPlan plan_memory(const config::ModelConfig& c, const LayoutSpec& L) {
   }
   p.workspace_items.push_back({"activation gradients dx, dh, dn, dmlp", 1, 4 * T * H * b});
   p.workspace_items.push_back({layer_name, 1, layer_ws});
+  if (!cpu) {
+    // kernels/attention_cuda.h's GEMM path: one sequence's scores (f32) and probabilities.
+    p.workspace_items.push_back({"attention scores + probabilities of one sequence (heads, S, S)", 1,
+                                 nh * S * S * (f32 + b)});
+    if (n_sparse > 0 && b != f32) p.workspace_items.push_back({"router input widened to f32", 1, T * H * f32});
+  }
   for (const auto& it : p.workspace_items) p.workspace += it.count * it.bytes;
 
   // ---- expert-parallel all-to-all: send and receive buffers of dispatch and combine for one

@@ -738,6 +738,7 @@ TrainSummary Trainer::run() {
          {"peak_rss_mib", peak_rss_mib()},
          {"device", cfg_.train.device},
          {"peak_device_mib", device_ ? json(device_->peak_memory_mib()) : json(nullptr)},
+         {"device_used_mib", device_ ? json(device_->device_used_mib()) : json(nullptr)},
          {"base_rss_mib", base_rss_mib_},
          {"skipped_steps", sum.skipped_steps},
          {"interrupted", sum.interrupted},

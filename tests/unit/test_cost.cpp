@@ -195,18 +195,20 @@ TEST(MemoryPlan, GpuComponentsByHand) {
                             + 16 * 4 * 2              // context: 128
                             + 16 * 2 * 4;             // f32 logsumexp per head: 128
   const int64_t dense_mlp = 16 * 3 * 6 * 2;           // gate/up (2I) + act (I): 576
-  const int64_t moe = (16 * 4 * 4 + 16 * 4 + 32 * (4 + 4) + 9 * 8 + 2 * 32 * 4)  // router probs, lse, idx, w, plan: 904
+  const int64_t moe = (2 * 16 * 4 * 4 + 16 * 4 + 32 * (4 + 4) + 9 * 8 + 2 * 32 * 4)  // router logits, probs, lse, idx, w, plan: 1160
                       + 2 * 32 * 4 * 2                                           // dispatched rows, outputs: 512
                       + 32 * 3 * 3 * 2                                           // experts gate/up, act: 576
                       + 16 * 3 * 5 * 2 + 16 * 4 * 2 + 16 * 4;                    // shared + output + sigmoid: 672
-  const int64_t head = 16 * 8 + 16 * (2 * 4 * 2 + 4) + 16 * 10 * 4;              // ids, final norm, f32 logits
-  EXPECT_EQ(p.activations, 3 * per_layer + dense_mlp + 2 * moe + head);          // 10448
+  const int64_t head = 16 * 8 + 16 * (2 * 4 * 2 + 4) + 16 * 10 * 2;              // ids, final norm, bf16 logits
+  EXPECT_EQ(p.activations, 3 * per_layer + dense_mlp + 2 * moe + head);          // 10640
   // Backward: 4 (T, H) gradient buffers, plus the MoE layer's transients (the largest):
   // dyp + dxp 512, dweights 128, router dlogits 256, then the shared expert's 672 (> experts' 576).
-  EXPECT_EQ(p.workspace, 4 * 16 * 4 * 2 + 512 + 128 + 256 + 672);
+  // The attention GEMM path's scores (f32) + probabilities (bf16) of one sequence of 8: 2 x 8 x 8 x 6 = 768,
+  // and the router input widened to f32, 16 x 4 x 4 = 256.
+  EXPECT_EQ(p.workspace, 4 * 16 * 4 * 2 + 512 + 128 + 256 + 672 + 768 + 256);
   EXPECT_EQ(p.comm, 4 * 32 * 4 * 2);  // dispatch + combine, send + receive
   EXPECT_EQ(p.total, p.weights + p.grads + p.master + p.moments + p.activations + p.workspace + p.comm);
-  EXPECT_EQ(p.total, 19060);
+  EXPECT_EQ(p.total, 19060 + (10640 - 10448) + 768 + 256);
 }
 
 TEST(MemoryPlan, Zero1ShardsDenseOverTheWorldAndExpertsOverDp) {
