@@ -332,7 +332,7 @@ UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt) {
   sum.recipe = recipe;
   sum.moe = moe_config(recipe, dense.config());
   // Twice the cores by default: a thread blocked in a direct write leaves its core to another.
-  sum.threads = opt.threads > 0 ? opt.threads : 2 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  sum.threads = opt.threads > 0 ? opt.threads : 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
   model::ParamStore specs;
   model::declare_model_params(sum.moe, &specs);

@@ -19,7 +19,7 @@ namespace moekit::upcycle {
 struct UpcycleOptions {
   std::string dense_dir, out_dir;
   bool overwrite = false;
-  int threads = 0;  // 0: twice the cores
+  int threads = 0;  // 0: four per core
 };
 
 struct UpcycleSummary {

@@ -34,7 +34,7 @@ void add_upcycle_command(CLI::App& root, std::vector<Command>* out) {
   app->add_option("--verify-tokens", o->verify_tokens, "Number of sample tokens for --verify")
       ->capture_default_str();
   app->add_flag("--overwrite", o->run.overwrite, "Replace an existing output directory (only once complete)");
-  app->add_option("--threads", o->run.threads, "Worker threads (default: twice the cores); the output is identical for any")
+  app->add_option("--threads", o->run.threads, "Worker threads (default: four per core); the output is identical for any")
       ->check(CLI::NonNegativeNumber);
   out->push_back({app, [o]() {
                     upcycle::Recipe recipe = upcycle::load_recipe(o->config);
