@@ -228,7 +228,6 @@ struct SeqGemms {
   DType t;
   int64_t b;
   int64_t group() const { return s.heads / s.kv_heads; }
-  int64_t ldq() const { return s.heads * s.head_dim; }
   int64_t ldk() const { return s.kv_heads * s.head_dim; }
   size_t es() const { return dtype_size(t); }
   // C[S, S] (f32, head-major) = alpha * X Y^T for X = rows of q-like (ld ldx) and Y of k-like.
@@ -241,15 +240,24 @@ struct SeqGemms {
   }
 };
 
+// One sequence's (H, S, S) scores (f32) and probabilities (T), grown as needed.
+template <typename T>
+void reserve_workspace(AttnWorkspace* ws, const AttnShape& s, float** scores, T** probs) {
+  const size_t n = static_cast<size_t>(s.heads * s.seq * s.seq);
+  ws->scores.reserve(n * sizeof(float));
+  ws->probs.reserve(n * sizeof(T));
+  *scores = static_cast<float*>(ws->scores.data());
+  *probs = static_cast<T*>(ws->probs.data());
+}
+
 template <typename T>
 void gemm_forward(const cuda::Context& ctx, AttnWorkspace* ws, T* out, float* lse, const T* q, const T* k, const T* v,
                   const AttnShape& s) {
   const int64_t S = s.seq, d = s.head_dim, H = s.heads, G = s.heads / s.kv_heads;
   const int64_t ldq = H * d, ldk = s.kv_heads * d;
-  ws->scores.reserve(static_cast<size_t>(H * S * S) * sizeof(float));
-  ws->probs.reserve(static_cast<size_t>(H * S * S) * sizeof(T));
-  auto* sc = static_cast<float*>(ws->scores.data());
-  auto* pr = static_cast<T*>(ws->probs.data());
+  float* sc = nullptr;
+  T* pr = nullptr;
+  reserve_workspace(ws, s, &sc, &pr);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   for (int64_t b = 0; b < s.batch; ++b) {
     SeqGemms sg{ctx, s, act_dtype<T>(), b};
@@ -269,10 +277,9 @@ void gemm_backward(const cuda::Context& ctx, AttnWorkspace* ws, T* dq, T* dk, T*
                    const float* lse, const T* q, const T* k, const T* v, const AttnShape& s) {
   const int64_t S = s.seq, d = s.head_dim, H = s.heads, G = s.heads / s.kv_heads;
   const int64_t ldq = H * d, ldk = s.kv_heads * d;
-  ws->scores.reserve(static_cast<size_t>(H * S * S) * sizeof(float));
-  ws->probs.reserve(static_cast<size_t>(H * S * S) * sizeof(T));
-  auto* sc = static_cast<float*>(ws->scores.data());
-  auto* pr = static_cast<T*>(ws->probs.data());
+  float* sc = nullptr;
+  T* pr = nullptr;
+  reserve_workspace(ws, s, &sc, &pr);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const DType t = act_dtype<T>();
   for (int64_t b = 0; b < s.batch; ++b) {
