@@ -25,16 +25,16 @@
 #include "checkpoint/safetensors.h"
 #include "checkpoint/train_checkpoint.h"
 #include "core/check.h"
+#include "core/device.h"
 #include "core/half.h"
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/synth.h"
-#include "core/device.h"
 #include "model/model.h"
-#include "train/device_step.h"
 #include "optim/optim.h"
 #include "parallel/grad_sync.h"
 #include "parallel/zero1.h"
+#include "train/device_step.h"
 #include "train/metrics.h"
 #include "train/tfevents.h"
 
@@ -431,7 +431,8 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   for (int64_t mb = 0; mb < n_micro_; ++mb) {
     const int64_t* in = batch.inputs.data() + mb * B * S;
     const int64_t* tg = batch.targets.data() + mb * B * S;
-    const model::LossTerms t = device_ ? device_->forward(in, tg, B, S, loss_, true) : model_->forward(in, tg, B, S, loss_);
+    const model::LossTerms t =
+        device_ ? device_->forward(in, tg, B, S, loss_, true) : model_->forward(in, tg, B, S, loss_);
     r.loss += t.ce / n_micro_;
     r.aux += chosen_aux(t, loss_.aux) / n_micro_;
     if (!std::isnan(t.z_loss)) r.z += t.z_loss / n_micro_;
