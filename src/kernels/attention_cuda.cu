@@ -3,7 +3,6 @@
 // l, l + 32, ... of a head vector (head_dim up to 256); a dot product is a lane-local sum plus a
 // warp reduction, so every lane sees every score. Scores and softmax statistics are f32.
 #include <cmath>
-#include <type_traits>
 
 #include "kernels/attention_cuda.h"
 #include "kernels/cuda_types.cuh"
@@ -15,10 +14,6 @@ namespace {
 
 constexpr int kWarpsPerBlock = 4;
 
-template <typename T>
-constexpr DType act_dtype() {
-  return std::is_same_v<T, float> ? DType::kF32 : DType::kBF16;
-}
 constexpr int kPerLane = kAttnMaxHeadDim / 32;
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -1,11 +1,21 @@
-// Device-side helpers shared by the CUDA kernels: loads and stores that widen to and round from
-// f32 whatever the activation type, the explicit instantiation list, and block reductions.
+// Device-side helpers shared by the CUDA kernels: the DType of an activation type, loads and stores
+// that widen to and round from f32 whatever the activation type, the explicit instantiation list, and block reductions.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
+#include "core/dtype.h"
+
 namespace moekit::kernels {
+
+// The DType of an activation type: what GEMM arguments and byte sizes are given in.
+template <typename T>
+constexpr DType act_dtype() {
+  return std::is_same_v<T, float> ? DType::kF32 : DType::kBF16;
+}
 
 __device__ __forceinline__ float ld(float x) { return x; }
 __device__ __forceinline__ float ld(__nv_bfloat16 x) { return __bfloat162float(x); }

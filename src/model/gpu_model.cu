@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "kernels/attention_cuda.h"
+#include "kernels/cuda_types.cuh"
 #include "kernels/gemm_cuda.h"
 #include "kernels/kernels_cuda.h"
 #include "kernels/rope.h"
@@ -19,6 +20,7 @@ namespace moekit::model {
 
 using cuda::bf16;
 using cuda::DeviceArray;
+using kernels::act_dtype;
 using kernels::GemmOp;
 
 struct GpuModel::Impl {
@@ -58,10 +60,6 @@ kernels::AttnImpl attention_impl_from_env() {
   return kernels::AttnImpl::kPlain;
 }
 
-template <typename T>
-constexpr DType act_dtype() {
-  return std::is_same_v<T, float> ? DType::kF32 : DType::kBF16;
-}
 
 // Grow-only device array: activations keep their storage across steps of equal shapes.
 template <typename U>
@@ -167,6 +165,7 @@ class ImplT final : public GpuModel::Impl {
 
  private:
   struct Layer {
+    size_t index = 0;  // layer number: counts_[index] holds its rows per expert
     bool sparse = false;
     int moe_index = -1;
     PRef ln1, ln2, wq, bq, wk, bk, wv, bv, wo;
@@ -178,7 +177,6 @@ class ImplT final : public GpuModel::Impl {
     DeviceArray<T> gu, act;                                 // dense MLP (T, 2I), (T, I)
     DeviceArray<float> r_logits, probs, r_lse, weights;     // router (T, E), (T, E), (T), (T, k)
     DeviceArray<int32_t> idx, counts, offsets, row_of, token_of;
-    std::vector<int64_t> host_counts;
     DeviceArray<T> xp, e_gu, e_act, yp;                     // dispatched rows (T*k, .); e_*: expert rows
     moe::DispatchHandle handle;                             // expert parallelism: the exchange plan
     DeviceArray<int32_t> grouped_row;                       // (R_in) received row -> grouped row
@@ -213,6 +211,7 @@ class ImplT final : public GpuModel::Impl {
     layers_.resize(static_cast<size_t>(cfg_.num_hidden_layers));
     for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
       Layer& L = layers_[l];
+      L.index = static_cast<size_t>(l);
       const std::string p = "model.layers." + std::to_string(l) + ".";
       L.ln1 = ref(p + "input_layernorm.weight");
       L.ln2 = ref(p + "post_attention_layernorm.weight");
@@ -327,7 +326,6 @@ class ImplT final : public GpuModel::Impl {
   // Inputs and activations of the last forward.
   int64_t B_ = 0, S_ = 0, rope_len_ = 0;
   bool have_cache_ = false, have_logits_ = false;
-  float ce_scale_ = 0.f;
   DeviceArray<int64_t> ids_, targets_;
   DeviceArray<float> rope_cos_, rope_sin_;
   std::vector<DeviceArray<T>> resid_;  // (L + 1) residual streams (T, H): layer l reads resid_[l]
@@ -401,13 +399,13 @@ void ImplT<T>::moe_forward(Layer& L, T* y, int64_t N) {
   MOEKIT_CUDA_CHECK(cudaMemcpyAsync(c32.data(), L.counts.data(), E * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                     ctx_.stream()));
   ctx_.synchronize();
-  L.host_counts.assign(c32.begin(), c32.end());
-  counts_[&L - layers_.data()] = L.host_counts;
+  std::vector<int64_t>& counts = counts_[L.index];
+  counts.assign(c32.begin(), c32.end());
   T* xp = ensure(&L.xp, R * H);
   T* yp = ensure(&L.yp, R * H);
   moe::dispatch_rows_cuda<T>(ctx_, xp, L.xn2.data(), L.token_of.data(), R, H);
   if (!ep_.active()) {
-    experts_forward(L, L.host_counts.data(), xp, R, yp);
+    experts_forward(L, counts.data(), xp, R, yp);
   } else {
     // The dispatcher's six phases (moe/token_dispatcher.h) with the rows on the device.
     moe::DispatchHandle& h = L.handle;
@@ -415,7 +413,7 @@ void ImplT<T>::moe_forward(Layer& L, T* y, int64_t N) {
     h.plan.tokens = N;
     h.plan.topk = k;
     h.plan.experts = E;
-    h.plan.counts = L.host_counts;
+    h.plan.counts = counts;
     h.plan.offsets.assign(E + 1, 0);
     for (int64_t e = 0; e < E; ++e) h.plan.offsets[e + 1] = h.plan.offsets[e] + h.plan.counts[e];
     moe::plan_sends(&h, ep_.counts->size());
@@ -491,7 +489,7 @@ void ImplT<T>::moe_backward(Layer& L, T* dx, const T* dy, int64_t N) {
   moe::combine_rows_backward_cuda<T>(ctx_, dyp, dw, dy, L.yp.data(), L.weights.data(), L.row_of.data(), N, k, H);
   T* dxp = ensure(&scratch_d_, R * H);
   if (!ep_.active()) {
-    experts_backward(L, L.host_counts.data(), dyp, L.xp.data(), R, dxp);
+    experts_backward(L, counts_[L.index].data(), dyp, L.xp.data(), R, dxp);
   } else {
     // The forward's exchanges in reverse with the same handle (moe/token_dispatcher.h).
     const moe::DispatchHandle& h = L.handle;
@@ -576,9 +574,9 @@ LossTerms ImplT<T>::forward(const int64_t* in, const int64_t* tg, int64_t B, int
                                    w32(final_norm_), N, H, eps);
   T* logits = ensure(&logits_, N * V);
   gemm(GemmOp::kNT, N, V, H, logits, act_dtype<T>(), xn_final_.data(), wT(lm_head_), 0.f);
-  ce_scale_ = out.targets > 0 ? 1.0f / static_cast<float>(out.targets) : 0.f;
+  const float ce_scale = out.targets > 0 ? 1.0f / static_cast<float>(out.targets) : 0.f;
   kernels::cross_entropy_cuda<T>(ctx_, ensure(&loss_rows_, N), train ? logits : nullptr, logits, targets_.data(), N, V,
-                                 ce_scale_);
+                                 ce_scale);
   kernels::sum_cuda(ctx_, ensure(&loss_sum_, 1), loss_rows_.data(), N);
   double ce_sum = 0;
   MOEKIT_CUDA_CHECK(cudaMemcpyAsync(&ce_sum, loss_sum_.data(), sizeof(double), cudaMemcpyDeviceToHost, ctx_.stream()));
@@ -587,7 +585,7 @@ LossTerms ImplT<T>::forward(const int64_t* in, const int64_t* tg, int64_t B, int
     if (!L.sparse) continue;
     moe::RouterStats s;
     s.tokens = N;
-    s.counts.assign(L.host_counts.begin(), L.host_counts.end());
+    s.counts.assign(counts_[L.index].begin(), counts_[L.index].end());
     std::vector<float> ps(static_cast<size_t>(cfg_.num_experts));
     MOEKIT_CUDA_CHECK(cudaMemcpyAsync(ps.data(), L.prob_sum.data(), ps.size() * sizeof(float), cudaMemcpyDeviceToHost,
                                       ctx_.stream()));

@@ -33,7 +33,7 @@ class CudaStep final : public DeviceStep {
     cudaDeviceProp prop;
     MOEKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx_.device()));
     name_ = std::string(prop.name) + " (device " + std::to_string(ctx_.device()) + ")";
-    note_memory();
+    note_device_used();
   }
 
   std::string device_name() const override { return name_; }
@@ -42,7 +42,7 @@ class CudaStep final : public DeviceStep {
   model::LossTerms forward(const int64_t* in, const int64_t* tg, int64_t B, int64_t S, const model::LossConfig& loss,
                            bool train) override {
     model::LossTerms t = model_.forward(in, tg, B, S, loss, train);
-    note_memory();  // every activation of the step is alive now: the device's own view of it
+    note_device_used();  // every activation of the step is alive now: the device's own view of it
     return t;
   }
   void backward() override { model_.backward(); }
@@ -68,10 +68,9 @@ class CudaStep final : public DeviceStep {
       }
       if (expert_scale != 1.f) kernels::scale_cuda(ctx_, model_.grads(true), expert_scale, model_.numel(true));
     }
-    cuda::DeviceArray<double> sq(2);
-    for (int e = 0; e < 2; ++e) kernels::sum_squares_cuda(ctx_, sq.data() + e, model_.grads(e), model_.numel(e));
+    for (int e = 0; e < 2; ++e) kernels::sum_squares_cuda(ctx_, sq_.data() + e, model_.grads(e), model_.numel(e));
     ctx_.synchronize();
-    const std::vector<double> h = sq.download();
+    const std::vector<double> h = sq_.download();
     double expert = h[1];
     if (pctx_.ep->size() > 1) pctx_.ep->all_reduce(&expert, 1, parallel::ReduceOp::kSum);
     return std::sqrt(h[0] + expert);
@@ -98,25 +97,13 @@ class CudaStep final : public DeviceStep {
   void to_host(optim::AdamW* opt) override {
     check_tensors(*opt);
     ctx_.synchronize();
-    for (size_t i = 0; i < specs_.size(); ++i) {
-      const model::ParamSpec& s = specs_[i];
-      const size_t bytes = static_cast<size_t>(s.numel()) * sizeof(float);
-      MOEKIT_CUDA_CHECK(cudaMemcpy(opt->master(i), model_.weights(s.expert) + s.offset, bytes, cudaMemcpyDeviceToHost));
-      MOEKIT_CUDA_CHECK(cudaMemcpy(opt->exp_avg(i), m_[s.expert].data() + s.offset, bytes, cudaMemcpyDeviceToHost));
-      MOEKIT_CUDA_CHECK(cudaMemcpy(opt->exp_avg_sq(i), v_[s.expert].data() + s.offset, bytes, cudaMemcpyDeviceToHost));
-    }
+    copy_state(opt, cudaMemcpyDeviceToHost);
     opt->restore(t_);  // the step count, and the host model weights rounded from the masters
   }
 
   void from_host(optim::AdamW& opt) override {
     check_tensors(opt);
-    for (size_t i = 0; i < specs_.size(); ++i) {
-      const model::ParamSpec& s = specs_[i];
-      const size_t bytes = static_cast<size_t>(s.numel()) * sizeof(float);
-      MOEKIT_CUDA_CHECK(cudaMemcpy(model_.weights(s.expert) + s.offset, opt.master(i), bytes, cudaMemcpyHostToDevice));
-      MOEKIT_CUDA_CHECK(cudaMemcpy(m_[s.expert].data() + s.offset, opt.exp_avg(i), bytes, cudaMemcpyHostToDevice));
-      MOEKIT_CUDA_CHECK(cudaMemcpy(v_[s.expert].data() + s.offset, opt.exp_avg_sq(i), bytes, cudaMemcpyHostToDevice));
-    }
+    copy_state(&opt, cudaMemcpyHostToDevice);
     model_.refresh_compute_weights();
     t_ = opt.steps_taken();
     ctx_.synchronize();
@@ -125,7 +112,7 @@ class CudaStep final : public DeviceStep {
   double peak_memory_mib() const override {
     return static_cast<double>(cuda::peak_allocated_bytes()) / (1024.0 * 1024.0);
   }
-  double device_used_mib() const override { return peak_mib_; }
+  double device_used_mib() const override { return device_used_mib_; }
 
   double peak_flops() const override {
     // reference/performance-anchors.md: dense bf16 tensor-core peaks. f32 training runs on the
@@ -146,10 +133,24 @@ class CudaStep final : public DeviceStep {
                    "device step: optimizer tensor ", i, " is '", opt.tensors()[i].name, "', the model's is '",
                    specs_[i].name, "'");
   }
-  void note_memory() {
+  // Master weights and both moments of every tensor, between the device arenas and the host
+  // optimizer's buffers of the same tensor (`dir` says which way).
+  void copy_state(optim::AdamW* opt, cudaMemcpyKind dir) {
+    const bool up = dir == cudaMemcpyHostToDevice;
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      const model::ParamSpec& s = specs_[i];
+      const size_t bytes = static_cast<size_t>(s.numel()) * sizeof(float);
+      float* dev[3] = {model_.weights(s.expert) + s.offset, m_[s.expert].data() + s.offset,
+                       v_[s.expert].data() + s.offset};
+      float* host[3] = {opt->master(i), opt->exp_avg(i), opt->exp_avg_sq(i)};
+      for (int k = 0; k < 3; ++k)
+        MOEKIT_CUDA_CHECK(cudaMemcpy(up ? dev[k] : host[k], up ? host[k] : dev[k], bytes, dir));
+    }
+  }
+  void note_device_used() {
     size_t free_b = 0, total_b = 0;
     MOEKIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    peak_mib_ = std::max(peak_mib_, static_cast<double>(total_b - free_b) / (1024.0 * 1024.0));
+    device_used_mib_ = std::max(device_used_mib_, static_cast<double>(total_b - free_b) / (1024.0 * 1024.0));
   }
 
   // NCCL mirrors of the process groups that move device data; MPI only bootstraps them. Null
@@ -173,8 +174,9 @@ class CudaStep final : public DeviceStep {
   NcclGroups nccl_;
   model::GpuModel model_;
   cuda::DeviceArray<float> m_[2], v_[2];
+  cuda::DeviceArray<double> sq_ = cuda::DeviceArray<double>(2);  // the two arenas' sums of squares (the gradient norm)
   int64_t t_ = 0;
-  double peak_mib_ = 0;
+  double device_used_mib_ = 0;
   std::string name_;
 };
 

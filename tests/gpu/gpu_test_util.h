@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "core/dtype.h"
 #include "core/half.h"
 #include "../unit/test_util.h"
 
@@ -26,31 +27,31 @@
 #ifdef MOEKIT_WITH_CUDA
 namespace moekit::test {
 
-// Host f32 values in the device type T (bf16 rounds to nearest even).
+template <typename T>
+constexpr DType dtype_of() {
+  return std::is_same_v<T, float> ? DType::kF32 : DType::kBF16;
+}
+
+// Host f32 values in the device type T (bf16 rounds to nearest even, core/dtype.h).
 template <typename T>
 std::vector<T> host_as(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    std::vector<T> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) {
-      const uint16_t b = f32_to_bf16(v[i]);
-      std::memcpy(&out[i], &b, 2);
-    }
-    return out;
-  }
+  std::vector<T> out(v.size());
+  from_f32(out.data(), dtype_of<T>(), v.data(), v.size());
+  return out;
+}
+
+// Values of type T widened to f32.
+template <typename T>
+std::vector<float> widen(const std::vector<T>& v) {
+  std::vector<float> out(v.size());
+  to_f32(out.data(), v.data(), dtype_of<T>(), v.size());
+  return out;
 }
 
 // What the device sees: v rounded to T and widened back (the CPU reference runs on these values).
 template <typename T>
 std::vector<float> rounded(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    std::vector<float> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_f32(f32_to_bf16(v[i]));
-    return out;
-  }
+  return widen(host_as<T>(v));
 }
 
 template <typename T>
@@ -60,18 +61,7 @@ cuda::DeviceArray<T> to_device(const std::vector<float>& v) {
 
 template <typename T>
 std::vector<float> to_host(const cuda::DeviceArray<T>& d) {
-  const std::vector<T> h = d.download();
-  if constexpr (std::is_same_v<T, float>) {
-    return h;
-  } else {
-    std::vector<float> out(h.size());
-    for (size_t i = 0; i < h.size(); ++i) {
-      uint16_t b;
-      std::memcpy(&b, &h[i], 2);
-      out[i] = bf16_to_f32(b);
-    }
-    return out;
-  }
+  return widen(d.download());
 }
 
 // An output array filled with NaN bytes: any element a kernel fails to write stays NaN.
