@@ -91,44 +91,43 @@ __attribute__((target("avx2"))) void philox_tiles_avx2(PhiloxKey key, uint64_t t
   }
 }
 
+// The 16 blocks of a tile live in two halves, even blocks and odd blocks, each word in the low
+// 32 bits of a 64-bit lane: that is where the 32x32->64 multiply (vpmuludq) reads its operands
+// and leaves the low half of its product, so a round needs no shuffles, only a shift for each
+// high half. What a lane holds above bit 31 is ignored by the multiplies and never stored.
+// The halves are interleaved into lane order once, when the words are stored.
 __attribute__((target("avx512f"))) void philox_tiles_avx512(PhiloxKey key, uint64_t tile0, size_t ntiles,
                                                             uint32_t* out) {
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kM0)), m1 = _mm512_set1_epi32(static_cast<int>(kM1));
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i m0 = _mm512_set1_epi64(kM0), m1 = _mm512_set1_epi64(kM1);
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
   for (size_t t = 0; t < ntiles; ++t) {
     const uint64_t b0 = (tile0 + t) * kTileBlocks;
-    const __m512i base = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0)));
-    __m512i c0 = _mm512_add_epi32(base, lane);
-    const __mmask16 wrapped = _mm512_cmplt_epu32_mask(c0, base);  // low word carried
-    __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0 >> 32))),
-                                       wrapped, _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0 >> 32))),
-                                       _mm512_set1_epi32(1));
-    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+    __m512i x[2][4];  // [half][word]
+    for (int h = 0; h < 2; ++h) {
+      // Block numbers b0 + 2i + h as 64-bit lanes: word 0 is the low half, word 1 the high.
+      const __m512i blk = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(b0 + h)), even);
+      x[h][0] = blk;
+      x[h][1] = _mm512_srli_epi64(blk, 32);
+      x[h][2] = _mm512_setzero_si512();
+      x[h][3] = _mm512_setzero_si512();
+    }
     uint32_t k0 = key.k0, k1 = key.k1;
     for (int r = 0; r < 10; ++r) {
-      // 32x32->64 products of the even lanes (e) and, after a swap of each lane pair, of the
-      // odd lanes (o). The masked swaps then gather the high halves (hi) and low halves (lo)
-      // in lane order. Swaps run on port 5 and the multiplies on port 0; shifts would compete
-      // with the multiplies for port 0.
-      const __m512i e0 = _mm512_mul_epu32(c0, m0), o0 = _mm512_mul_epu32(_mm512_shuffle_epi32(c0, _MM_PERM_CDAB), m0);
-      const __m512i e1 = _mm512_mul_epu32(c2, m1), o1 = _mm512_mul_epu32(_mm512_shuffle_epi32(c2, _MM_PERM_CDAB), m1);
-      const __m512i hi0 = _mm512_mask_shuffle_epi32(o0, 0x5555, e0, _MM_PERM_CDAB);
-      const __m512i lo0 = _mm512_mask_shuffle_epi32(e0, 0xAAAA, o0, _MM_PERM_CDAB);
-      const __m512i hi1 = _mm512_mask_shuffle_epi32(o1, 0x5555, e1, _MM_PERM_CDAB);
-      const __m512i lo1 = _mm512_mask_shuffle_epi32(e1, 0xAAAA, o1, _MM_PERM_CDAB);
-      // a ^ b ^ c in one instruction (truth table 0x96).
-      c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
-      c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
-      c1 = lo1;
-      c3 = lo0;
+      const __m512i kv0 = _mm512_set1_epi32(static_cast<int>(k0)), kv1 = _mm512_set1_epi32(static_cast<int>(k1));
+      for (int h = 0; h < 2; ++h) {
+        const __m512i p0 = _mm512_mul_epu32(x[h][0], m0), p1 = _mm512_mul_epu32(x[h][2], m1);
+        // a ^ b ^ c in one instruction (truth table 0x96); the low halves are what count.
+        x[h][0] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), x[h][1], kv0, 0x96);
+        x[h][2] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), x[h][3], kv1, 0x96);
+        x[h][1] = p1;
+        x[h][3] = p0;
+      }
       k0 += kW0;
       k1 += kW1;
     }
     uint32_t* o = out + t * kTileWords;
-    _mm512_storeu_si512(o, c0);
-    _mm512_storeu_si512(o + 16, c1);
-    _mm512_storeu_si512(o + 32, c2);
-    _mm512_storeu_si512(o + 48, c3);
+    for (int i = 0; i < 4; ++i)  // even blocks' words in the even lanes, odd blocks' in the odd
+      _mm512_storeu_si512(o + 16 * i, _mm512_mask_shuffle_epi32(x[0][i], 0xAAAA, x[1][i], _MM_PERM_CDAB));
   }
 }
 
