@@ -1,11 +1,11 @@
-// Normal values from stream words (see rng_stream.h): u from the word, z = sqrt(2) erfinv(2u-1)
-// by Giles' single-precision approximation, and the fill kernels reinit_elements /
-// normal_elements. Two implementations with identical bits: a scalar reference and AVX-512
-// kernels that run the same IEEE operations in the same order. In element mode only the
-// re-initialised lanes need a normal value, so the AVX-512 kernel compresses their u values
-// into a dense buffer, evaluates the normals there and expands them back: at ratio 0.5 that
-// halves the work of the most expensive step.
-// GCC 12 flags the intrinsics' deliberately undefined pass-through operands (GCC bug 105593).
+// Normal values from stream words (see rng_stream.h): u from the word, z = Phi^-1(u) by a
+// piecewise polynomial (normal_table.inc, fitted by tests/reference/fit_normal_table.py), and
+// the fill kernels reinit_elements / normal_elements. Two implementations with identical bits:
+// a scalar reference and AVX-512 kernels that run the same IEEE operations (fused
+// multiply-adds included) in the same order. In element mode only the re-initialised lanes need
+// a normal value, so the AVX-512 kernel compresses their u values into a dense buffer,
+// evaluates the normals there and expands them back: at ratio 0.5 that halves the work of the
+// most expensive step.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
@@ -25,16 +25,19 @@ namespace {
 
 constexpr size_t kChunk = 2048;          // words per stack buffer
 constexpr float kUMax = 0.99999994f;     // 1 - 2^-24, largest float below 1
-constexpr float kSqrt2 = 1.41421356f;
-constexpr float kLn2 = 0.693147181f;
-constexpr float kL3 = 1.f / 3.f, kL5 = 1.f / 5.f, kL7 = 1.f / 7.f, kL9 = 1.f / 9.f;
-// Giles (2011), single precision: erfinv(x) = p(w) x with w = -log((1 - x)(1 + x)).
-constexpr float kCentral[9] = {2.81022636e-08f,  3.43273939e-07f, -3.5233877e-06f,
-                               -4.39150654e-06f, 0.00021858087f,  -0.00125372503f,
-                               -0.00417768164f,  0.246640727f,    1.50140941f};
-constexpr float kTail[9] = {-0.000200214257f, 0.000100950558f, 0.00134934322f,
-                            -0.00367342844f,  0.00573950773f,  -0.0076224613f,
-                            0.00943887047f,   1.00167406f,     2.83297682f};
+// The inverse CDF: |z| = g(v) with one degree-7 polynomial per segment (normal_table.inc).
+//   r = max(min(u, 1 - u), 2^-25), exact; the clamp only matters for u outside a word's range.
+//   r <= 1/4: v = r, segment e + 25 for r in [2^e, 2^(e+1)), in t = mantissa(r) - 1.5;
+//   r > 1/4:  v = s = 1/2 - r (exact), segment e + 30 for s in [2^e, 2^(e+1)), same t,
+//             or segment 28 with t = s itself when s < 2^-6 (an odd polynomial: g(0) = 0).
+//   z = g with the sign of u - 1/2.
+// The segment is the float exponent of v (biased: minus 102 for r, 97 for s), so the lookup is
+// a register permute of 32 coefficients; no log, division or branch.
+#include "upcycle/normal_table.inc"
+constexpr float kRMin = 2.98023224e-08f;  // 2^-25, the smallest r a word gives
+constexpr float kSmallS = 0.015625f;       // 2^-6
+constexpr int kSmallSegment = 28;
+static_assert(kNormalSegments == kSmallSegment + 1 && kNormalDegree == 7, "normal_table.inc does not match");
 
 struct WordMap {
   int shift = 8;
@@ -59,50 +62,29 @@ inline float u_of(uint32_t w, const WordMap& m) {
 
 #define MOEKIT_AVX512 __attribute__((target("avx512f")))
 
-// Estrin's scheme for the degree-8 polynomial c[0] w^8 + ... + c[8]: a dependency depth of 4
-// multiply-adds instead of Horner's 8, so the kernel is not bound by latency. The scalar
-// reference (estrin below) evaluates the same expression tree.
-MOEKIT_AVX512 inline __m512 estrin16(const float* c, __m512 w) {
-  auto lin = [&](int a, int b) {  // c[a] w + c[b]
-    return _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(c[a]), w), _mm512_set1_ps(c[b]));
-  };
-  const __m512 w2 = _mm512_mul_ps(w, w), w4 = _mm512_mul_ps(w2, w2);
-  const __m512 r0 = _mm512_add_ps(_mm512_mul_ps(lin(5, 6), w2), lin(7, 8));
-  const __m512 r1 = _mm512_add_ps(_mm512_mul_ps(lin(1, 2), w2), lin(3, 4));
-  const __m512 s0 = _mm512_add_ps(_mm512_mul_ps(r1, w4), r0);
-  return _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(c[0]), _mm512_mul_ps(w4, w4)), s0);
-}
-
 MOEKIT_AVX512 inline __m512 normal16(__m512 u) {
-  const __m512 one = _mm512_set1_ps(1.f);
-  const __m512 t = _mm512_mul_ps(_mm512_mul_ps(u, _mm512_sub_ps(one, u)), _mm512_set1_ps(4.f));
-  // log t = e ln2 + log m, m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) / (m + 1).
-  const __m512i b = _mm512_castps_si512(t);
-  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(127));
-  __m512 m = _mm512_castsi512_ps(
-      _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFF)), _mm512_set1_epi32(0x3F800000)));
-  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(kSqrt2), _CMP_GT_OQ);
-  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
-  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
-  const __m512 f = _mm512_sub_ps(m, one);
-  const __m512 s = _mm512_div_ps(f, _mm512_add_ps(f, _mm512_set1_ps(2.f)));
-  const __m512 s2 = _mm512_mul_ps(s, s);
-  __m512 q = _mm512_set1_ps(kL9);
-  q = _mm512_add_ps(_mm512_mul_ps(q, s2), _mm512_set1_ps(kL7));
-  q = _mm512_add_ps(_mm512_mul_ps(q, s2), _mm512_set1_ps(kL5));
-  q = _mm512_add_ps(_mm512_mul_ps(q, s2), _mm512_set1_ps(kL3));
-  q = _mm512_add_ps(_mm512_mul_ps(q, s2), one);
-  const __m512 lm = _mm512_mul_ps(_mm512_add_ps(s, s), q);
-  const __m512 lt = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(e), _mm512_set1_ps(kLn2)), lm);
-  const __m512 w = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(lt), _mm512_set1_epi32(INT32_MIN)));
-  __m512 p = estrin16(kCentral, _mm512_sub_ps(w, _mm512_set1_ps(2.5f)));
-  const __mmask16 tail = _mm512_cmp_ps_mask(w, _mm512_set1_ps(5.f), _CMP_GE_OQ);
-  if (tail) {  // |z| > 2.9: 0.3% of lanes
-    const __m512 p2 = estrin16(kTail, _mm512_sub_ps(_mm512_sqrt_ps(w), _mm512_set1_ps(3.f)));
-    p = _mm512_mask_blend_ps(tail, p, p2);
-  }
-  const __m512 x = _mm512_sub_ps(_mm512_add_ps(u, u), one);
-  return _mm512_mul_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(kSqrt2));
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512 r = _mm512_max_ps(_mm512_min_ps(u, _mm512_sub_ps(_mm512_set1_ps(1.f), u)), _mm512_set1_ps(kRMin));
+  const __mmask16 central = _mm512_cmp_ps_mask(r, _mm512_set1_ps(0.25f), _CMP_GT_OQ);
+  const __m512 s = _mm512_sub_ps(half, r);
+  const __m512i vb = _mm512_castps_si512(_mm512_mask_blend_ps(central, r, s));
+  __m512i idx = _mm512_sub_epi32(_mm512_srli_epi32(vb, 23), _mm512_set1_epi32(102));
+  idx = _mm512_mask_add_epi32(idx, central, idx, _mm512_set1_epi32(5));
+  // mantissa: (vb & 0x7FFFFF) | 0x3F800000 in one ternary-logic op (bit-select by the mask).
+  const __m512 m = _mm512_castsi512_ps(
+      _mm512_ternarylogic_epi32(_mm512_set1_epi32(0x7FFFFF), vb, _mm512_set1_epi32(0x3F800000), 0xCA));
+  __m512 t = _mm512_sub_ps(m, _mm512_set1_ps(1.5f));
+  const __mmask16 small = _mm512_mask_cmp_ps_mask(central, s, _mm512_set1_ps(kSmallS), _CMP_LT_OQ);
+  idx = _mm512_mask_mov_epi32(idx, small, _mm512_set1_epi32(kSmallSegment));
+  t = _mm512_mask_mov_ps(t, small, s);
+  auto coef = [&](int k) {
+    return _mm512_permutex2var_ps(_mm512_load_ps(kNormalCoef[k]), idx, _mm512_load_ps(kNormalCoef[k] + 16));
+  };
+  __m512 g = coef(7);
+  for (int k = 6; k >= 0; --k) g = _mm512_fmadd_ps(g, t, coef(k));
+  // Sign of u - 1/2 (u = 1/2 gives +0 and g = 0).
+  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(u, half)), _mm512_set1_epi32(INT32_MIN));
+  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), sign));
 }
 
 MOEKIT_AVX512 inline __m512 u16(__m512i w, const WordMap& m) {
@@ -137,8 +119,7 @@ MOEKIT_AVX512 uint64_t select_avx512(float* y, const float* src, const uint32_t*
   const __m512 mv = _mm512_set1_ps(mean), sv = _mm512_set1_ps(std);
   for (size_t j = 0; j < cnt; j += 64)  // 2: dense normals, four independent vectors at a time
     for (int k = 0; k < 4; ++k)
-      _mm512_store_ps(buf + j + 16 * k,
-                      _mm512_add_ps(mv, _mm512_mul_ps(sv, normal16(_mm512_load_ps(buf + j + 16 * k)))));
+      _mm512_store_ps(buf + j + 16 * k, _mm512_fmadd_ps(sv, normal16(_mm512_load_ps(buf + j + 16 * k)), mv));
   size_t off = 0;
   for (size_t i = 0; i < n; i += 16) {  // 3: expand into place
     const __mmask16 lanes = lanes_of(n - i), hit = hits[i / 16];
@@ -157,7 +138,14 @@ MOEKIT_AVX512 void normal_avx512(float* y, const uint32_t* w, size_t n, const Wo
   for (size_t i = 0; i < n; i += 16) {
     const __mmask16 lanes = lanes_of(n - i);
     const __m512 u = u16(_mm512_maskz_loadu_epi32(lanes, w + i), m);
-    _mm512_mask_storeu_ps(y + i, lanes, _mm512_add_ps(mv, _mm512_mul_ps(sv, normal16(u))));
+    _mm512_mask_storeu_ps(y + i, lanes, _mm512_fmadd_ps(sv, normal16(u), mv));
+  }
+}
+
+MOEKIT_AVX512 void normal_of_u_avx512(const float* u, size_t n, float* z) {
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = lanes_of(n - i);
+    _mm512_mask_storeu_ps(z + i, lanes, normal16(_mm512_mask_loadu_ps(_mm512_set1_ps(0.5f), lanes, u + i)));
   }
 }
 
@@ -167,14 +155,6 @@ bool use_avx512() {
     return __builtin_cpu_supports("avx512f") != 0;
   }();
   return ok && !detail::scalar_forced();
-}
-
-float estrin(const float* c, float w) {
-  const float w2 = w * w, w4 = w2 * w2;
-  const float r0 = (c[5] * w + c[6]) * w2 + (c[7] * w + c[8]);
-  const float r1 = (c[1] * w + c[2]) * w2 + (c[3] * w + c[4]);
-  const float s0 = r1 * w4 + r0;
-  return c[0] * (w4 * w4) + s0;
 }
 
 }  // namespace
@@ -187,33 +167,24 @@ float uniform_from_word(uint32_t w, uint64_t thr) {
 }
 
 float normal_from_uniform(float u) {
-  const float t = (u * (1.f - u)) * 4.f;
-  uint32_t b;
-  std::memcpy(&b, &t, 4);
-  int32_t e = static_cast<int32_t>(b >> 23) - 127;
-  const uint32_t mb = (b & 0x7FFFFFu) | 0x3F800000u;
+  const float r = std::max(std::min(u, 1.f - u), kRMin);
+  const bool central = r > 0.25f;
+  const float s = 0.5f - r;
+  uint32_t vb;
+  std::memcpy(&vb, central ? &s : &r, 4);
+  int idx = static_cast<int>(vb >> 23) - 102 + (central ? 5 : 0);
+  const uint32_t mb = (vb & 0x7FFFFFu) | 0x3F800000u;
   float m;
   std::memcpy(&m, &mb, 4);
-  if (m > kSqrt2) {
-    m = m * 0.5f;
-    e = e + 1;
+  float t = m - 1.5f;
+  if (central && s < kSmallS) {
+    idx = kSmallSegment;
+    t = s;
   }
-  const float f = m - 1.f;
-  const float s = f / (f + 2.f);
-  const float s2 = s * s;
-  float q = kL9;
-  q = q * s2 + kL7;
-  q = q * s2 + kL5;
-  q = q * s2 + kL3;
-  q = q * s2 + 1.f;
-  const float lm = (s + s) * q;
-  const float w = -(static_cast<float>(e) * kLn2 + lm);
-  const bool tail = !(w < 5.f);
-  const float* c = tail ? kTail : kCentral;
-  const float x0 = tail ? std::sqrt(w) - 3.f : w - 2.5f;
-  const float p = estrin(c, x0);
-  const float x = (u + u) - 1.f;
-  return (p * x) * kSqrt2;
+  idx &= 31;  // as the register permute reads it
+  float g = kNormalCoef[7][idx];
+  for (int k = 6; k >= 0; --k) g = std::fma(g, t, kNormalCoef[k][idx]);
+  return u - 0.5f < 0.f ? -g : g;
 }
 
 uint64_t reinit_elements(float* y, const float* src, size_t n, const PhiloxKey& key, uint64_t idx0, uint64_t thr,
@@ -240,7 +211,7 @@ uint64_t reinit_elements(float* y, const float* src, size_t n, const PhiloxKey& 
     }
     for (size_t i = 0; i < len; ++i) {
       const bool hit = w[i] < t32;
-      y[off + i] = hit ? mean + std * normal_from_uniform(u_of(w[i], m)) : src[off + i];
+      y[off + i] = hit ? std::fma(std, normal_from_uniform(u_of(w[i], m)), mean) : src[off + i];
       count += hit;
     }
   }
@@ -258,8 +229,16 @@ void normal_elements(float* y, size_t n, const PhiloxKey& key, uint64_t idx0, fl
       normal_avx512(y + off, w, len, m, mean, std);
       continue;
     }
-    for (size_t i = 0; i < len; ++i) y[off + i] = mean + std * normal_from_uniform(u_of(w[i], m));
+    for (size_t i = 0; i < len; ++i) y[off + i] = std::fma(std, normal_from_uniform(u_of(w[i], m)), mean);
   }
+}
+
+void normals_from_uniforms(const float* u, size_t n, float* z) {
+  if (use_avx512()) {
+    normal_of_u_avx512(u, n, z);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) z[i] = normal_from_uniform(u[i]);
 }
 
 const char* normal_kernel_name() { return use_avx512() ? "avx512" : "scalar"; }

@@ -13,11 +13,13 @@
 //   re-init iff w < thr, thr = round(ratio * 2^32), so P(re-init) = thr / 2^32 exactly;
 //   u = min(((w >> s) + 1/2) * 2^s / thr, 1 - 2^-24), s keeping 24 bits of [0, thr)
 //       (uniform in (0, 1) given w < thr);
-//   z = sqrt(2) erfinv(2u - 1), Giles' single-precision erfinv ("Approximating the erfinv
-//       function", GPU Computing Gems, 2011) on a hand-written log; |z| <= 5.3.
-// Every float step is an IEEE add, mul, div or sqrt in a fixed order with no fused multiply-add
-// (fp-contract is off in normal_fill.cpp), so the AVX-512 kernels and the scalar reference give
-// the same bits, which the tests check.
+//   z = Phi^-1(u), a piecewise polynomial: one of 29 degree-7 polynomials chosen by the float
+//       exponent of min(u, 1 - u) (or of 1/2 - min(u, 1 - u) in the central half), fitted by
+//       tests/reference/fit_normal_table.py to 1.6e-7 relative error; |z| <= 5.33.
+//   value = fma(std, z, mean).
+// Every float step is an IEEE operation (add, mul, min, max, fused multiply-add) in a fixed
+// order, with no other contraction (fp-contract is off in normal_fill.cpp), so the AVX-512
+// kernels and the scalar reference give the same bits, which the tests check.
 #pragma once
 
 #include <cstddef>
@@ -50,6 +52,8 @@ bool element_reinit(uint64_t seed, std::string_view tensor, uint64_t idx, double
 float uniform_from_word(uint32_t w, uint64_t thr);
 float normal_from_uniform(float u);
 inline float normal_from_word(uint32_t w, uint64_t thr) { return normal_from_uniform(uniform_from_word(w, thr)); }
+// z[i] = normal_from_uniform(u[i]) by the active kernel (AVX-512 unless scalar is forced).
+void normals_from_uniforms(const float* u, size_t n, float* z);
 
 // y[i] = w[i] < thr ? mean + std * z(w[i]) : src[i], for the stream's elements
 // [idx0, idx0 + n). Returns how many were re-initialised. thr = 0: plain copy.
