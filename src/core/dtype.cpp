@@ -1,5 +1,9 @@
 #include "core/dtype.h"
 
+// GCC 12 flags the intrinsics' deliberately undefined pass-through operands (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -64,6 +68,38 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void bf16_to_f32_n(
                                                                                  size_t n) {
   for (size_t i = 0; i < n; ++i) d[i] = bf16_to_f32(s[i]);
 }
+// f32_to_bf16 on 16 lanes, as 16-bit values: round to nearest even, NaN -> quiet NaN.
+__attribute__((target("avx512f"))) inline __m256i bf16x16(const float* p) {
+  const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(p));
+  const __m512i hi = _mm512_srli_epi32(u, 16);
+  const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  const __mmask16 nan =
+      _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+  r = _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x0040));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// Scalar up to a 64-byte boundary of d, then 32 values per streaming store, then scalar.
+__attribute__((target("avx512f"))) void bf16_from_f32_streaming_avx512(uint16_t* d, const float* s, size_t n) {
+  size_t i = 0;
+  for (; i < n && reinterpret_cast<uintptr_t>(d + i) % 64 != 0; ++i) d[i] = f32_to_bf16(s[i]);
+  for (; i + 32 <= n; i += 32) {
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(bf16x16(s + i)), bf16x16(s + i + 16), 1);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d + i), v);
+  }
+  for (; i < n; ++i) d[i] = f32_to_bf16(s[i]);
+  _mm_sfence();  // order the streaming stores before whatever hands the buffer on
+}
+
+bool has_avx512f() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return ok;
+}
+
 }  // namespace
 
 void to_f32(float* dst, const void* src, DType src_t, size_t n) {
@@ -90,6 +126,14 @@ void from_f32(void* dst, DType dst_t, const float* src, size_t n) {
     }
     default: MOEKIT_FAIL("cannot convert F32 to ", dtype_name(dst_t), ": not a floating type");
   }
+}
+
+void from_f32_streaming(void* dst, DType dst_t, const float* src, size_t n) {
+  if (dst_t == DType::kBF16 && has_avx512f()) {
+    bf16_from_f32_streaming_avx512(static_cast<uint16_t*>(dst), src, n);
+    return;
+  }
+  from_f32(dst, dst_t, src, n);
 }
 
 }  // namespace moekit

@@ -19,5 +19,9 @@ bool dtype_is_float(DType t);
 void to_f32(float* dst, const void* src, DType src_t, size_t n);
 // Convert n f32 values to `dst_t` (round-to-nearest-even for bf16/f16).
 void from_f32(void* dst, DType dst_t, const float* src, size_t n);
+// The same bytes as from_f32, written with non-temporal (streaming) stores where the CPU has
+// AVX-512 and the type is bf16: for output buffers that are handed to the kernel (O_DIRECT
+// writes) and not read back, whose lines would otherwise each cost a read for ownership.
+void from_f32_streaming(void* dst, DType dst_t, const float* src, size_t n);
 
 }  // namespace moekit

@@ -1,5 +1,7 @@
 // Core: bf16/fp16 conversion against known bit patterns, the counter RNG, CHECK messages.
 #include <gtest/gtest.h>
+
+#include <cstring>
 #include <omp.h>
 
 #include <cmath>
@@ -88,6 +90,34 @@ TEST(Dtype, NamesAndConversion) {
   EXPECT_EQ(back[0], 1.0f);
   EXPECT_EQ(back[1], -0.5f);
   EXPECT_NEAR(back[2], 3.0e-3f, 3.0e-3f / 128);
+}
+
+// The streaming converter gives from_f32's bytes for every kind of value (ties to even, values
+// that round up into the exponent, infinities, NaNs whose payload is only in the low bits,
+// denormals), whatever the destination's alignment and the length.
+TEST(Dtype, StreamingConversionMatchesFromF32) {
+  std::vector<float> src;
+  const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x7f7fffffu, 0x7f800000u, 0xff800000u,
+                              0x7f800001u, 0xffc00001u, 0x00000001u, 0x80008000u, 0x00000000u, 0x80000000u};
+  uint64_t x = 88172645463325252ull;
+  for (int i = 0; i < 4099; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;  // xorshift: arbitrary bit patterns
+    const uint32_t bits = i % 5 == 0 ? special[(i / 5) % 12] : static_cast<uint32_t>(x);
+    float f;
+    std::memcpy(&f, &bits, 4);
+    src.push_back(f);
+  }
+  for (DType t : {DType::kBF16, DType::kF16, DType::kF32})
+    for (size_t shift : {0, 1, 7, 31})
+      for (size_t n : {size_t{0}, size_t{5}, size_t{33}, size_t{1000}, src.size()}) {
+        const size_t es = dtype_size(t);
+        alignas(64) static uint8_t a[4200 * 4 + 256], b[4200 * 4 + 256];
+        std::memset(a, 0xAB, sizeof(a));
+        std::memset(b, 0xAB, sizeof(b));
+        from_f32(a + shift * es, t, src.data(), n);
+        from_f32_streaming(b + shift * es, t, src.data(), n);
+        ASSERT_EQ(0, std::memcmp(a, b, sizeof(a))) << dtype_name(t) << " shift " << shift << " n " << n;
+      }
 }
 
 TEST(Rng, PhiloxKnownAnswer) {
