@@ -1,8 +1,9 @@
 // The streaming upcycle: validate input, lay out and reserve the output, then per unit (the
 // embedding, each decoder layer, the final norm, the LM head) build a list of independent work
-// items — slabs of at most kItemElems output elements — and run them on the thread pool. An
-// item computes its slab in f32, converts it to the output dtype and pwrites it to its final
-// place, so the bytes do not depend on which thread ran which item.
+// items — slabs of at most kItemElems output elements — and run them on the compute threads.
+// An item computes its slab in f32, converts it to the output dtype into a buffer from the
+// WriteQueue's pool and queues it for its final place in the file; the I/O threads write it.
+// The bytes do not depend on which thread ran or wrote which item.
 #include "upcycle/upcycler.h"
 
 #include <omp.h>
@@ -27,6 +28,7 @@
 #include "upcycle/expert_fill.h"
 #include "upcycle/plan_io.h"
 #include "upcycle/staging_dir.h"
+#include "upcycle/write_queue.h"
 
 namespace moekit::upcycle {
 
@@ -37,32 +39,9 @@ namespace {
 constexpr int64_t kItemElems = int64_t{1} << 20;  // output elements per work item (2 MB of bf16)
 constexpr int64_t kSubElems = int64_t{1} << 14;   // f32 sub-block of a slab (64 KB, in L2)
 
-// Grow-only byte buffer aligned like ShardWriter's O_DIRECT blocks, so slabs written from it
-// can bypass the page cache.
-class AlignedBytes {
- public:
-  uint8_t* data() { return p_.get(); }
-  void grow(size_t n) {
-    if (n <= cap_) return;
-    void* q = nullptr;
-    MOEKIT_CHECK(::posix_memalign(&q, checkpoint::ShardWriter::kDirectAlign, n) == 0, "out of memory for a ", n,
-                 "-byte write buffer");
-    p_.reset(static_cast<uint8_t*>(q));
-    cap_ = n;
-  }
-
- private:
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, Free> p_;
-  size_t cap_ = 0;
-};
-
 // Per-thread buffers, reused across items.
 struct Scratch {
   std::vector<float> values;  // the slab in f32
-  AlignedBytes bytes;         // the slab in the output dtype
   std::vector<float> gather;  // down-row gathers and neuron-mode normals
 };
 
@@ -99,19 +78,19 @@ void grow(std::vector<T>* v, size_t n) {
   if (v->size() < n) v->resize(n);
 }
 
-// Converts `n` f32 values to the output dtype and writes them at element offset e0 of tensor t.
-void emit(checkpoint::ShardWriter* w, size_t t, int64_t e0, const float* src, int64_t n, Scratch& s) {
-  const DType dt = w->entry(t).dtype;
-  const size_t es = dtype_size(dt);
-  s.bytes.grow(static_cast<size_t>(n) * es);
-  from_f32(s.bytes.data(), dt, src, static_cast<size_t>(n));
-  w->write(t, static_cast<uint64_t>(e0) * es, s.bytes.data(), static_cast<size_t>(n) * es);
+// Converts `n` f32 values to the output dtype and queues them for element offset e0 of tensor t.
+void emit(const checkpoint::ShardWriter& w, WriteQueue* q, size_t t, int64_t e0, const float* src, int64_t n) {
+  const DType dt = w.entry(t).dtype;
+  const size_t nb = static_cast<size_t>(n) * dtype_size(dt);
+  WriteQueue::Buffer buf = q->acquire(nb);
+  from_f32_streaming(buf->data(), dt, src, static_cast<size_t>(n));
+  q->submit(std::move(buf), t, static_cast<uint64_t>(e0) * dtype_size(dt), nb);
 }
 
 class Run {
  public:
-  Run(const Recipe& r, const DenseSource& dense, checkpoint::ShardWriter* w, int threads)
-      : r_(r), dense_(dense), w_(w), threads_(threads), g_(make_geometry(r, dense.config())),
+  Run(const Recipe& r, const DenseSource& dense, const checkpoint::ShardWriter& w, WriteQueue* q, int threads)
+      : r_(r), dense_(dense), w_(w), q_(q), threads_(threads), g_(make_geometry(r, dense.config())),
         scales_(output_scales(r, g_)) {
     threshold_ = r.reinit_mode == ReinitMode::kElement ? ratio_threshold(r.ratio()) : 0;
   }
@@ -123,21 +102,21 @@ class Run {
 
   // Copy items for a tensor present in both models (converted to the output dtype).
   void add_copy(const std::string& name, std::vector<Item>* items) const {
-    const size_t t = w_->index(name);
-    const int64_t n = shape_numel(w_->entry(t).shape);
-    const bool raw = dense_.dtype(name) == w_->entry(t).dtype;
+    const size_t t = w_.index(name);
+    const int64_t n = shape_numel(w_.entry(t).shape);
+    const bool raw = dense_.dtype(name) == w_.entry(t).dtype;
     for (int64_t e0 = 0; e0 < n; e0 += kItemElems) {
       const int64_t m = std::min(kItemElems, n - e0);
       items->push_back([this, name, t, e0, m, raw](Scratch& s) {
         if (raw) {
-          const size_t nb = static_cast<size_t>(m) * dtype_size(w_->entry(t).dtype);
-          s.bytes.grow(nb);
-          dense_.read_raw(name, e0, m, s.bytes.data());
-          w_->write(t, static_cast<uint64_t>(e0) * dtype_size(w_->entry(t).dtype), s.bytes.data(), nb);
+          const size_t es = dtype_size(w_.entry(t).dtype), nb = static_cast<size_t>(m) * es;
+          WriteQueue::Buffer buf = q_->acquire(nb);
+          dense_.read_raw(name, e0, m, buf->data());
+          q_->submit(std::move(buf), t, static_cast<uint64_t>(e0) * es, nb);
         } else {
           grow(&s.values, static_cast<size_t>(m));
           dense_.read_f32(name, e0, m, s.values.data());
-          emit(w_, t, e0, s.values.data(), m, s);
+          emit(w_, q_, t, e0, s.values.data(), m);
         }
       });
     }
@@ -198,7 +177,7 @@ class Run {
         const std::string name = pre + projs[k] + ".weight";
         s.key = philox_key(r_.seed, name);
         specs.push_back(s);
-        tensor.push_back(w_->index(name));
+        tensor.push_back(w_.index(name));
         expert_elements_ += static_cast<uint64_t>(s.rows() * s.cols());
       }
     }
@@ -208,21 +187,21 @@ class Run {
     auto slab = [this, &specs, &tensor, &counts](size_t i, int64_t r0, int64_t r1, Scratch& sc) {
       const ExpertTensorSpec& s = specs[i];
       const int64_t cols = s.cols(), sub = std::max<int64_t>(1, kSubElems / cols);
-      const DType dt = w_->entry(tensor[i]).dtype;
-      const size_t es = dtype_size(dt);
+      const DType dt = w_.entry(tensor[i]).dtype;
+      const size_t es = dtype_size(dt), nb = static_cast<size_t>((r1 - r0) * cols) * es;
       grow(&sc.values, static_cast<size_t>(sub * cols));
       grow(&sc.gather, static_cast<size_t>(2 * s.width));
-      sc.bytes.grow(static_cast<size_t>((r1 - r0) * cols) * es);
+      WriteQueue::Buffer buf = q_->acquire(nb);
       uint64_t n = 0;
       for (int64_t a = r0; a < r1; a += sub) {
         const int64_t b = std::min(r1, a + sub);
         n += fill_expert_rows(sc.values.data(), s, ffn_, a, b, sc.gather.data());
-        from_f32(sc.bytes.data() + static_cast<size_t>((a - r0) * cols) * es, dt, sc.values.data(),
-                 static_cast<size_t>((b - a) * cols));
+        // Streaming stores: the buffer goes to the disk and is not read back here.
+        from_f32_streaming(buf->data() + static_cast<size_t>((a - r0) * cols) * es, dt, sc.values.data(),
+                           static_cast<size_t>((b - a) * cols));
       }
       counts[i].fetch_add(n);
-      w_->write(tensor[i], static_cast<uint64_t>(r0 * cols) * es, sc.bytes.data(),
-                static_cast<size_t>((r1 - r0) * cols) * es);
+      q_->submit(std::move(buf), tensor[i], static_cast<uint64_t>(r0 * cols) * es, nb);
     };
     // gate/up: a slab of rows of one expert; each row is one dense row, read once.
     for (size_t i = 0; i < specs.size(); ++i) {
@@ -241,21 +220,21 @@ class Run {
       });
     // Router: virtual groups share rows; the shared-expert gate starts at zero or N(0, std).
     const float std = static_cast<float>(r_.router_init_std);
-    const size_t tr = w_->index(p + "gate.weight");
+    const size_t tr = w_.index(p + "gate.weight");
     const int64_t group = r_.mode == UpcycleMode::kVirtualGroup ? g_.granularity : 1;
     items.push_back([this, tr, std, group, key = philox_key(r_.seed, p + "gate.weight")](Scratch& sc) {
       grow(&sc.values, static_cast<size_t>(g_.routed * g_.hidden));
       fill_router_rows(sc.values.data(), key, g_.hidden, 0, g_.routed, r_.router_init == RouterInit::kZero, std,
                        group);
-      emit(w_, tr, 0, sc.values.data(), g_.routed * g_.hidden, sc);
+      emit(w_, q_, tr, 0, sc.values.data(), g_.routed * g_.hidden);
     });
     if (g_.shared > 0) {
-      const size_t tg = w_->index(p + "shared_expert_gate.weight");
+      const size_t tg = w_.index(p + "shared_expert_gate.weight");
       items.push_back([this, tg, std, key = philox_key(r_.seed, p + "shared_expert_gate.weight")](Scratch& sc) {
         grow(&sc.values, static_cast<size_t>(g_.hidden));
         fill_router_rows(sc.values.data(), key, g_.hidden, 0, 1, r_.shared_gate_init == SharedGateInit::kZero, std,
                          1);
-        emit(w_, tg, 0, sc.values.data(), g_.hidden, sc);
+        emit(w_, q_, tg, 0, sc.values.data(), g_.hidden);
       });
     }
     run_items(items, threads_);
@@ -269,7 +248,8 @@ class Run {
  private:
   const Recipe& r_;
   const DenseSource& dense_;
-  checkpoint::ShardWriter* w_;
+  const checkpoint::ShardWriter& w_;
+  WriteQueue* q_;
   int threads_;
   Geometry g_;
   Scales scales_;
@@ -331,8 +311,10 @@ UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt) {
   UpcycleSummary sum;
   sum.recipe = recipe;
   sum.moe = moe_config(recipe, dense.config());
-  // Twice the cores by default: a thread blocked in a direct write leaves its core to another.
-  sum.threads = opt.threads > 0 ? opt.threads : 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // One compute thread per core: the writes go through the WriteQueue's own threads.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  sum.threads = opt.threads > 0 ? opt.threads : cores;
+  sum.io_threads = opt.io_threads > 0 ? opt.io_threads : 16;
 
   model::ParamStore specs;
   model::declare_model_params(sum.moe, &specs);
@@ -356,7 +338,9 @@ UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt) {
                                  checkpoint::ShardWriterOptions{recipe.max_shard_size, 4096, direct});
   copy_side_files(dense, sum.moe, stage.path());
 
-  Run run(recipe, dense, &writer, sum.threads);
+  // A few buffers per thread keep both sides busy; each is one slab (2 MB of bf16 at most).
+  WriteQueue queue(&writer, sum.io_threads, static_cast<size_t>(2 * (sum.threads + sum.io_threads)));
+  Run run(recipe, dense, writer, &queue, sum.threads);
   sum.geometry = run.geometry();
   sum.scales = run.scales();
   log_info("upcycle: ", dense.dir(), " (", dense.layout_name(), ", ", dense.config().num_hidden_layers,
@@ -364,7 +348,7 @@ UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt) {
            " routed + ", sum.geometry.shared, " shared chunks of ", sum.geometry.expert_width, " from ",
            sum.geometry.copies, " copies; reinit ", recipe.ratio(), "; ", sum.scales.note, "; ",
            static_cast<double>(bytes) / 1e9, " GB in ", writer.num_shards(), " shard(s), ", sum.threads,
-           " thread(s)");
+           " compute + ", sum.io_threads, " I/O thread(s)");
   PlanHeader header;
   header.dense_dir = dense.dir();
   header.dense_layout = dense.layout_name();
@@ -401,6 +385,7 @@ UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt) {
     }
     i = j;
   }
+  queue.drain();
   writer.finish();
   recorder.write(stage.path());
   stage.commit();

@@ -1,6 +1,6 @@
 // moekit upcycle: dense Qwen checkpoint + recipe -> Qwen2-MoE HF checkpoint (upcycle/).
 //   moekit upcycle --config RECIPE.yaml --dense DIR --out DIR [--set key=value ...]
-//                  [--verify [--verify-tokens N]] [--overwrite] [--threads N]
+//                  [--verify [--verify-tokens N]] [--overwrite] [--threads N] [--io-threads N]
 // The last stdout line is JSON: output, sizes, time and, with --verify, the dense and MoE
 // losses and their KL on sample tokens.
 #include <cstdio>
@@ -34,7 +34,10 @@ void add_upcycle_command(CLI::App& root, std::vector<Command>* out) {
   app->add_option("--verify-tokens", o->verify_tokens, "Number of sample tokens for --verify")
       ->capture_default_str();
   app->add_flag("--overwrite", o->run.overwrite, "Replace an existing output directory (only once complete)");
-  app->add_option("--threads", o->run.threads, "Worker threads (default: four per core); the output is identical for any")
+  app->add_option("--threads", o->run.threads,
+                  "Compute threads (default: one per core); the output is identical for any")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--io-threads", o->run.io_threads, "Threads writing finished slabs (default: 2)")
       ->check(CLI::NonNegativeNumber);
   out->push_back({app, [o]() {
                     upcycle::Recipe recipe = upcycle::load_recipe(o->config);
@@ -53,6 +56,7 @@ void add_upcycle_command(CLI::App& root, std::vector<Command>* out) {
                         s.expert_elements ? static_cast<double>(s.reinit_elements) / s.expert_elements : 0.0;
                     j["function_preserving"] = s.scales.function_preserving;
                     j["threads"] = s.threads;
+                    j["io_threads"] = s.io_threads;
                     j["seconds"] = s.seconds;
                     j["gb_per_s"] = s.seconds > 0 ? static_cast<double>(s.bytes) / 1e9 / s.seconds : 0.0;
                     log_info("upcycle: wrote ", s.out_dir, ": ", s.tensors, " tensors, ",
