@@ -37,7 +37,7 @@ void add_upcycle_command(CLI::App& root, std::vector<Command>* out) {
   app->add_option("--threads", o->run.threads,
                   "Compute threads (default: one per core); the output is identical for any")
       ->check(CLI::NonNegativeNumber);
-  app->add_option("--io-threads", o->run.io_threads, "Threads writing finished slabs (default: 2)")
+  app->add_option("--io-threads", o->run.io_threads, "Threads writing finished slabs (default: 16)")
       ->check(CLI::NonNegativeNumber);
   out->push_back({app, [o]() {
                     upcycle::Recipe recipe = upcycle::load_recipe(o->config);
