@@ -19,12 +19,26 @@ struct TensorStats {
 // Mean and (population) standard deviation, summed in a fixed order (deterministic).
 TensorStats tensor_stats(const float* x, int64_t n);
 
-// One layer's dense FFN in f32 (HF layout: gate/up (D, H), down (H, D)).
+// One layer's dense FFN in f32. gate and up in HF layout (D, H). down in panels of 16 hidden
+// rows: panel g holds rows 16g .. 16g+15 transposed, (D, 16), so
+//   down_p[(g * D + j) * 16 + k] = down[16 g + k][j]   (zero past the last row).
+// An expert's down projection takes a dense column per neuron: 16 rows of a column are then one
+// cache line, and the lines a group of 16 rows needs are one contiguous 64 * D bytes.
+constexpr int64_t kDownPanel = 16;
 struct DenseFfn {
   int64_t width = 0, hidden = 0;  // D = h_FFN, H
-  std::vector<float> gate, up, down;
-  TensorStats gate_stats, up_stats, down_stats;
+  std::vector<float> gate, up, down_p;
+  TensorStats gate_stats, up_stats, down_stats;  // of the tensors as stored (down in HF layout)
 };
+
+// Panels [g0, g1) of down_p (above) from the HF-layout down (hidden, dense) matrix. Disjoint
+// ranges of panels can be packed on different threads.
+void pack_down_panels(const float* down, int64_t hidden, int64_t dense, int64_t g0, int64_t g1, float* down_p);
+
+// Rows [r0, r1) of an expert's down projection before re-initialisation:
+//   out[(h - r0) * width + j] = down[h][src_index[j]], read from the panels.
+void gather_down_rows(float* out, const int32_t* src_index, int64_t width, const float* down_p, int64_t dense,
+                      int64_t hidden, int64_t r0, int64_t r1);
 
 enum class Proj { kGate, kUp, kDown };
 
@@ -44,7 +58,7 @@ struct ExpertTensorSpec {
 };
 
 // Rows [r0, r1) of the expert tensor into out ((r1 - r0) * cols). `scratch` holds at least
-// 2 * width floats. Returns how many elements were re-initialised.
+// width floats. Returns how many elements were re-initialised.
 uint64_t fill_expert_rows(float* out, const ExpertTensorSpec& s, const DenseFfn& d, int64_t r0, int64_t r1,
                           float* scratch);
 

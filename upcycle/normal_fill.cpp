@@ -149,13 +149,7 @@ MOEKIT_AVX512 void normal_of_u_avx512(const float* u, size_t n, float* z) {
   }
 }
 
-bool use_avx512() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return ok && !detail::scalar_forced();
-}
+bool use_avx512() { return detail::avx512_kernels(); }
 
 }  // namespace
 
@@ -240,6 +234,16 @@ void normals_from_uniforms(const float* u, size_t n, float* z) {
   }
   for (size_t i = 0; i < n; ++i) z[i] = normal_from_uniform(u[i]);
 }
+
+namespace detail {
+bool avx512_kernels() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return ok && !scalar_forced();
+}
+}  // namespace detail
 
 const char* normal_kernel_name() { return use_avx512() ? "avx512" : "scalar"; }
 

@@ -69,7 +69,8 @@ const char* philox_kernel_name();
 const char* normal_kernel_name();
 
 namespace detail {
-bool scalar_forced();  // set_scalar_kernels(true) in effect
+bool scalar_forced();   // set_scalar_kernels(true) in effect
+bool avx512_kernels();  // the CPU has AVX-512F and scalar is not forced
 }  // namespace detail
 
 }  // namespace moekit::upcycle

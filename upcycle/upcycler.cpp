@@ -42,7 +42,7 @@ constexpr int64_t kSubElems = int64_t{1} << 14;   // f32 sub-block of a slab (64
 // Per-thread buffers, reused across items.
 struct Scratch {
   std::vector<float> values;  // the slab in f32
-  std::vector<float> gather;  // down-row gathers and neuron-mode normals
+  std::vector<float> gather;  // neuron-mode normals of a down row
 };
 
 using Item = std::function<void(Scratch&)>;
@@ -128,7 +128,8 @@ class Run {
     ffn_.width = g_.dense_width;
     ffn_.hidden = g_.hidden;
     const int64_t n = g_.dense_width * g_.hidden;
-    std::array<std::vector<float>*, 3> bufs = {&ffn_.gate, &ffn_.up, &ffn_.down};
+    // down is read in its HF layout (for its statistics), then packed into ffn_.down_p's panels.
+    std::array<std::vector<float>*, 3> bufs = {&ffn_.gate, &ffn_.up, &down_hf_};
     std::array<TensorStats*, 3> stats = {&ffn_.gate_stats, &ffn_.up_stats, &ffn_.down_stats};
     const char* projs[3] = {"gate_proj", "up_proj", "down_proj"};
     std::vector<Item> load;
@@ -140,6 +141,14 @@ class Run {
       });
     }
     run_items(load, threads_);
+    const int64_t panels = (g_.hidden + kDownPanel - 1) / kDownPanel;
+    ffn_.down_p.resize(static_cast<size_t>(panels * kDownPanel * g_.dense_width));
+    std::vector<Item> transpose;
+    for (int64_t g = 0; g < panels; g += 8)
+      transpose.push_back([this, g, panels](Scratch&) {
+        pack_down_panels(down_hf_.data(), g_.hidden, g_.dense_width, g, std::min(panels, g + 8), ffn_.down_p.data());
+      });
+    run_items(transpose, threads_);
     *plan = make_layer_plan(r_, g_, l);
 
     LayerRecord rec;
@@ -186,11 +195,12 @@ class Run {
     // converted to the output dtype at once; the slab then goes out in one pwrite.
     auto slab = [this, &specs, &tensor, &counts](size_t i, int64_t r0, int64_t r1, Scratch& sc) {
       const ExpertTensorSpec& s = specs[i];
-      const int64_t cols = s.cols(), sub = std::max<int64_t>(1, kSubElems / cols);
+      // Down sub-blocks are whole panels of 16 rows: the gather works in 16x16 tiles.
+      const int64_t cols = s.cols(), sub = s.proj == Proj::kDown ? kDownPanel : std::max<int64_t>(1, kSubElems / cols);
       const DType dt = w_.entry(tensor[i]).dtype;
       const size_t es = dtype_size(dt), nb = static_cast<size_t>((r1 - r0) * cols) * es;
       grow(&sc.values, static_cast<size_t>(sub * cols));
-      grow(&sc.gather, static_cast<size_t>(2 * s.width));
+      grow(&sc.gather, static_cast<size_t>(s.width));
       WriteQueue::Buffer buf = q_->acquire(nb);
       uint64_t n = 0;
       for (int64_t a = r0; a < r1; a += sub) {
@@ -255,7 +265,8 @@ class Run {
   Scales scales_;
   uint64_t threshold_ = 0;
   uint64_t expert_elements_ = 0;
-  DenseFfn ffn_;  // reused layer to layer
+  DenseFfn ffn_;                // reused layer to layer
+  std::vector<float> down_hf_;  // the layer's dense down in HF layout, before packing
 };
 
 // "model.layers.12.self_attn..." -> 12; top-level tensors -> -1.
