@@ -53,11 +53,12 @@ MOEKIT_AVX512 inline void transpose16(__m512* v) {
     t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
   }
   for (int i = 0; i < 16; i += 4) {  // u[i + m], lane L: column 4L + m of rows i .. i+3
-    auto pd = [](__m512 x) { return _mm512_castps_pd(x); };
-    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[i]), pd(t[i + 2])));
-    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[i]), pd(t[i + 2])));
-    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[i + 1]), pd(t[i + 3])));
-    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[i + 1]), pd(t[i + 3])));
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
   }
   for (int m = 0; m < 4; ++m) {
     const __m512 x0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), x1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xEE);
@@ -170,7 +171,6 @@ void gather_down_rows(float* out, const int32_t* src_index, int64_t width, const
       out[(h - r0) * width + j] = panel[static_cast<int64_t>(src_index[j]) * kDownPanel];
   }
 }
-
 
 uint64_t fill_expert_rows(float* out, const ExpertTensorSpec& s, const DenseFfn& d, int64_t r0, int64_t r1,
                           float* scratch) {

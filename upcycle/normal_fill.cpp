@@ -62,6 +62,11 @@ inline float u_of(uint32_t w, const WordMap& m) {
 
 #define MOEKIT_AVX512 __attribute__((target("avx512f")))
 
+// Coefficient k of each lane's segment: a permute across the table's two 16-entry halves.
+MOEKIT_AVX512 inline __m512 coef16(int k, __m512i idx) {
+  return _mm512_permutex2var_ps(_mm512_load_ps(kNormalCoef[k]), idx, _mm512_load_ps(kNormalCoef[k] + 16));
+}
+
 MOEKIT_AVX512 inline __m512 normal16(__m512 u) {
   const __m512 half = _mm512_set1_ps(0.5f);
   const __m512 r = _mm512_max_ps(_mm512_min_ps(u, _mm512_sub_ps(_mm512_set1_ps(1.f), u)), _mm512_set1_ps(kRMin));
@@ -77,11 +82,8 @@ MOEKIT_AVX512 inline __m512 normal16(__m512 u) {
   const __mmask16 small = _mm512_mask_cmp_ps_mask(central, s, _mm512_set1_ps(kSmallS), _CMP_LT_OQ);
   idx = _mm512_mask_mov_epi32(idx, small, _mm512_set1_epi32(kSmallSegment));
   t = _mm512_mask_mov_ps(t, small, s);
-  auto coef = [&](int k) {
-    return _mm512_permutex2var_ps(_mm512_load_ps(kNormalCoef[k]), idx, _mm512_load_ps(kNormalCoef[k] + 16));
-  };
-  __m512 g = coef(7);
-  for (int k = 6; k >= 0; --k) g = _mm512_fmadd_ps(g, t, coef(k));
+  __m512 g = coef16(7, idx);
+  for (int k = 6; k >= 0; --k) g = _mm512_fmadd_ps(g, t, coef16(k, idx));
   // Sign of u - 1/2 (u = 1/2 gives +0 and g = 0).
   const __m512i sign = _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(u, half)), _mm512_set1_epi32(INT32_MIN));
   return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), sign));
