@@ -1,11 +1,11 @@
 // Normal values from stream words (see rng_stream.h): u from the word, z = Phi^-1(u) by a
 // piecewise polynomial (normal_table.inc, fitted by tests/reference/fit_normal_table.py), and
-// the fill kernels reinit_elements / normal_elements. Two implementations with identical bits:
-// a scalar reference and AVX-512 kernels that run the same IEEE operations (fused
-// multiply-adds included) in the same order. In element mode only the re-initialised lanes need
-// a normal value, so the AVX-512 kernel compresses their u values into a dense buffer,
-// evaluates the normals there and expands them back: at ratio 0.5 that halves the work of the
-// most expensive step.
+// the fill kernels reinit_elements / normal_elements. Three implementations with identical
+// bits: a scalar reference, and AVX-512 and AVX2 kernels that run the same IEEE operations
+// (fused multiply-adds included) in the same order. In element mode only the re-initialised
+// lanes need a normal value, so the AVX-512 kernel compresses their u values into a dense
+// buffer, evaluates the normals there and expands them back: at ratio 0.5 that halves the work
+// of the most expensive step. AVX2 has no compress; it evaluates every lane and blends.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
@@ -151,7 +151,96 @@ MOEKIT_AVX512 void normal_of_u_avx512(const float* u, size_t n, float* z) {
   }
 }
 
-bool use_avx512() { return detail::avx512_kernels(); }
+// ---- AVX2 + FMA: the same operations on 8 lanes, without compression (every lane gets a
+// normal, the hits are blended in); the coefficient lookup is four 8-entry permutes and two
+// levels of blends on bits 3 and 4 of the segment. Tails go to the scalar code.
+
+#define MOEKIT_AVX2 __attribute__((target("avx2,fma")))
+
+MOEKIT_AVX2 inline __m256 coef8(int k, __m256i idx) {
+  const float* c = kNormalCoef[k];
+  const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 in the sign bit
+  const __m256 b4 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));  // bit 4 in the sign bit
+  const __m256 lo = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_load_ps(c), idx),
+                                     _mm256_permutevar8x32_ps(_mm256_load_ps(c + 8), idx), b3);
+  const __m256 hi = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_load_ps(c + 16), idx),
+                                     _mm256_permutevar8x32_ps(_mm256_load_ps(c + 24), idx), b3);
+  return _mm256_blendv_ps(lo, hi, b4);
+}
+
+MOEKIT_AVX2 inline __m256 normal8(__m256 u) {
+  const __m256 half = _mm256_set1_ps(0.5f);
+  const __m256 r = _mm256_max_ps(_mm256_min_ps(u, _mm256_sub_ps(_mm256_set1_ps(1.f), u)), _mm256_set1_ps(kRMin));
+  const __m256 central = _mm256_cmp_ps(r, _mm256_set1_ps(0.25f), _CMP_GT_OQ);
+  const __m256 s = _mm256_sub_ps(half, r);
+  const __m256i vb = _mm256_castps_si256(_mm256_blendv_ps(r, s, central));
+  __m256i idx = _mm256_sub_epi32(_mm256_srli_epi32(vb, 23), _mm256_set1_epi32(102));
+  idx = _mm256_add_epi32(idx, _mm256_and_si256(_mm256_castps_si256(central), _mm256_set1_epi32(5)));
+  const __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(vb, _mm256_set1_epi32(0x7FFFFF)),
+                                                       _mm256_set1_epi32(0x3F800000)));
+  __m256 t = _mm256_sub_ps(m, _mm256_set1_ps(1.5f));
+  const __m256 small = _mm256_and_ps(central, _mm256_cmp_ps(s, _mm256_set1_ps(kSmallS), _CMP_LT_OQ));
+  idx = _mm256_blendv_epi8(idx, _mm256_set1_epi32(kSmallSegment), _mm256_castps_si256(small));
+  t = _mm256_blendv_ps(t, s, small);
+  __m256 g = coef8(7, idx);
+  for (int k = 6; k >= 0; --k) g = _mm256_fmadd_ps(g, t, coef8(k, idx));
+  const __m256 sign = _mm256_and_ps(_mm256_sub_ps(u, half), _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
+  return _mm256_xor_ps(g, sign);
+}
+
+MOEKIT_AVX2 inline __m256 u8(__m256i w, const WordMap& m) {
+  const __m256 v = _mm256_cvtepi32_ps(_mm256_srl_epi32(w, _mm_cvtsi32_si128(m.shift)));
+  return _mm256_min_ps(_mm256_mul_ps(_mm256_add_ps(v, _mm256_set1_ps(0.5f)), _mm256_set1_ps(m.scale)),
+                       _mm256_set1_ps(kUMax));
+}
+
+uint64_t select_scalar(float* y, const float* src, const uint32_t* w, size_t n, uint32_t thr, const WordMap& m,
+                       float mean, float std) {
+  uint64_t count = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const bool hit = w[i] < thr;
+    y[i] = hit ? std::fma(std, normal_from_uniform(u_of(w[i], m)), mean) : src[i];
+    count += hit;
+  }
+  return count;
+}
+
+void normal_scalar(float* y, const uint32_t* w, size_t n, const WordMap& m, float mean, float std) {
+  for (size_t i = 0; i < n; ++i) y[i] = std::fma(std, normal_from_uniform(u_of(w[i], m)), mean);
+}
+
+MOEKIT_AVX2 uint64_t select_avx2(float* y, const float* src, const uint32_t* w, size_t n, uint32_t thr,
+                                 const WordMap& m, float mean, float std) {
+  const __m256i flip = _mm256_set1_epi32(INT32_MIN);  // unsigned w < thr as a signed compare
+  const __m256i tv = _mm256_xor_si256(_mm256_set1_epi32(static_cast<int>(thr)), flip);
+  const __m256 mv = _mm256_set1_ps(mean), sv = _mm256_set1_ps(std);
+  uint64_t count = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
+    const __m256 hit = _mm256_castsi256_ps(_mm256_cmpgt_epi32(tv, _mm256_xor_si256(wv, flip)));
+    const __m256 z = _mm256_fmadd_ps(sv, normal8(u8(wv, m)), mv);
+    _mm256_storeu_ps(y + i, _mm256_blendv_ps(_mm256_loadu_ps(src + i), z, hit));
+    count += static_cast<uint64_t>(__builtin_popcount(_mm256_movemask_ps(hit)));
+  }
+  return count + select_scalar(y + i, src + i, w + i, n - i, thr, m, mean, std);
+}
+
+MOEKIT_AVX2 void normal_avx2(float* y, const uint32_t* w, size_t n, const WordMap& m, float mean, float std) {
+  const __m256 mv = _mm256_set1_ps(mean), sv = _mm256_set1_ps(std);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(sv, normal8(u8(wv, m)), mv));
+  }
+  normal_scalar(y + i, w + i, n - i, m, mean, std);
+}
+
+MOEKIT_AVX2 void normal_of_u_avx2(const float* u, size_t n, float* z) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(z + i, normal8(_mm256_loadu_ps(u + i)));
+  for (; i < n; ++i) z[i] = normal_from_uniform(u[i]);
+}
 
 }  // namespace
 
@@ -194,59 +283,39 @@ uint64_t reinit_elements(float* y, const float* src, size_t n, const PhiloxKey& 
     return n;
   }
   const WordMap m = word_map(thr);
-  const bool simd = use_avx512();
+  const auto select = detail::avx512_kernels() ? select_avx512 : detail::avx2_kernels() ? select_avx2 : select_scalar;
   const auto t32 = static_cast<uint32_t>(thr);
   alignas(64) uint32_t w[kChunk];
   uint64_t count = 0;
   for (size_t off = 0; off < n; off += kChunk) {
     const size_t len = std::min(kChunk, n - off);
     stream_words(key, idx0 + off, len, w);
-    if (simd) {
-      count += select_avx512(y + off, src + off, w, len, t32, m, mean, std);
-      continue;
-    }
-    for (size_t i = 0; i < len; ++i) {
-      const bool hit = w[i] < t32;
-      y[off + i] = hit ? std::fma(std, normal_from_uniform(u_of(w[i], m)), mean) : src[off + i];
-      count += hit;
-    }
+    count += select(y + off, src + off, w, len, t32, m, mean, std);
   }
   return count;
 }
 
 void normal_elements(float* y, size_t n, const PhiloxKey& key, uint64_t idx0, float mean, float std) {
   const WordMap m = word_map(uint64_t{1} << 32);
-  const bool simd = use_avx512();
+  const auto fill = detail::avx512_kernels() ? normal_avx512 : detail::avx2_kernels() ? normal_avx2 : normal_scalar;
   alignas(64) uint32_t w[kChunk];
   for (size_t off = 0; off < n; off += kChunk) {
     const size_t len = std::min(kChunk, n - off);
     stream_words(key, idx0 + off, len, w);
-    if (simd) {
-      normal_avx512(y + off, w, len, m, mean, std);
-      continue;
-    }
-    for (size_t i = 0; i < len; ++i) y[off + i] = std::fma(std, normal_from_uniform(u_of(w[i], m)), mean);
+    fill(y + off, w, len, m, mean, std);
   }
 }
 
 void normals_from_uniforms(const float* u, size_t n, float* z) {
-  if (use_avx512()) {
+  if (detail::avx512_kernels()) {
     normal_of_u_avx512(u, n, z);
-    return;
+  } else if (detail::avx2_kernels()) {
+    normal_of_u_avx2(u, n, z);
+  } else {
+    for (size_t i = 0; i < n; ++i) z[i] = normal_from_uniform(u[i]);
   }
-  for (size_t i = 0; i < n; ++i) z[i] = normal_from_uniform(u[i]);
 }
 
-namespace detail {
-bool avx512_kernels() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return ok && !scalar_forced();
-}
-}  // namespace detail
-
-const char* normal_kernel_name() { return use_avx512() ? "avx512" : "scalar"; }
+const char* normal_kernel_name() { return kernel_level_name(); }
 
 }  // namespace moekit::upcycle

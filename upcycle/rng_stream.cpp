@@ -8,6 +8,8 @@
 #include <immintrin.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <string>
 
 #include <algorithm>
 #include <cmath>
@@ -133,21 +135,45 @@ __attribute__((target("avx512f"))) void philox_tiles_avx512(PhiloxKey key, uint6
 
 using TilesFn = void (*)(PhiloxKey, uint64_t, size_t, uint32_t*);
 
-struct Dispatch {
-  TilesFn fn;
-  const char* name;
+// MOEKIT_UPCYCLE_KERNELS=avx2|scalar caps the kernels for a whole run (to time or check the
+// paths other CPUs take); anything else is an error rather than a silent default.
+int initial_cap() {
+  const char* env = std::getenv("MOEKIT_UPCYCLE_KERNELS");
+  if (env == nullptr || *env == 0) return static_cast<int>(KernelCap::kAvx512);
+  const std::string v = env;
+  if (v == "avx512") return static_cast<int>(KernelCap::kAvx512);
+  if (v == "avx2") return static_cast<int>(KernelCap::kAvx2);
+  if (v == "scalar") return static_cast<int>(KernelCap::kScalar);
+  MOEKIT_FAIL("MOEKIT_UPCYCLE_KERNELS='", v, "': expected avx512, avx2 or scalar");
+}
+
+std::atomic<int> g_cap{-1};  // -1: not read from the environment yet
+
+struct Cpu {
+  bool avx512 = false, avx2 = false;
 };
 
-std::atomic<bool> g_scalar{false};
-
-const Dispatch& dispatch() {
-  static const Dispatch d = [] {
+const Cpu& cpu() {
+  static const Cpu c = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return Dispatch{philox_tiles_avx512, "avx512"};
-    if (__builtin_cpu_supports("avx2")) return Dispatch{philox_tiles_avx2, "avx2"};
-    return Dispatch{philox_tiles_scalar, "scalar"};
+    Cpu x;
+    x.avx512 = __builtin_cpu_supports("avx512f") != 0;
+    x.avx2 = __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0;
+    return x;
   }();
-  return d;
+  return c;
+}
+
+// Read on first use, not at static initialisation, so that a bad value is an ordinary error
+// of the command that uses the kernels.
+KernelCap cap() {
+  int c = g_cap.load(std::memory_order_relaxed);
+  if (c < 0) {
+    int unset = -1;
+    g_cap.compare_exchange_strong(unset, initial_cap());
+    c = g_cap.load();
+  }
+  return static_cast<KernelCap>(c);
 }
 
 }  // namespace
@@ -160,7 +186,9 @@ PhiloxKey philox_key(uint64_t seed, std::string_view name) {
 
 void stream_words(const PhiloxKey& key, uint64_t idx0, size_t n, uint32_t* out) {
   if (n == 0) return;
-  const TilesFn fn = g_scalar.load(std::memory_order_relaxed) ? philox_tiles_scalar : dispatch().fn;
+  const TilesFn fn = detail::avx512_kernels() ? philox_tiles_avx512
+                     : detail::avx2_kernels() ? philox_tiles_avx2
+                                              : philox_tiles_scalar;
   uint64_t idx = idx0;
   const uint64_t end = idx0 + n;
   alignas(64) uint32_t tile[kTileWords];
@@ -195,12 +223,25 @@ bool element_reinit(uint64_t seed, std::string_view tensor, uint64_t idx, double
   return stream_word(philox_key(seed, tensor), idx) < ratio_threshold(ratio);
 }
 
-const char* philox_kernel_name() { return g_scalar.load() ? "scalar" : dispatch().name; }
+const char* philox_kernel_name() { return kernel_level_name(); }
 
-bool set_scalar_kernels(bool scalar) { return g_scalar.exchange(scalar); }
+KernelCap set_kernel_cap(KernelCap c) {
+  const KernelCap prev = cap();
+  g_cap.store(static_cast<int>(c));
+  return prev;
+}
+
+bool set_scalar_kernels(bool scalar) {
+  return set_kernel_cap(scalar ? KernelCap::kScalar : KernelCap::kAvx512) == KernelCap::kScalar;
+}
+
+const char* kernel_level_name() {
+  return detail::avx512_kernels() ? "avx512" : detail::avx2_kernels() ? "avx2" : "scalar";
+}
 
 namespace detail {
-bool scalar_forced() { return g_scalar.load(std::memory_order_relaxed); }
+bool avx512_kernels() { return cpu().avx512 && cap() >= KernelCap::kAvx512; }
+bool avx2_kernels() { return cpu().avx2 && cap() >= KernelCap::kAvx2; }
 }  // namespace detail
 
 }  // namespace moekit::upcycle

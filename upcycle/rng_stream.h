@@ -62,15 +62,19 @@ uint64_t reinit_elements(float* y, const float* src, size_t n, const PhiloxKey& 
 // y[i] = mean + std * z(w[i]) with thr = 2^32, for elements [idx0, idx0 + n).
 void normal_elements(float* y, size_t n, const PhiloxKey& key, uint64_t idx0, float mean, float std);
 
-// Force the scalar kernels (tests compare both paths); returns the previous setting.
-bool set_scalar_kernels(bool scalar);
-// Which kernels this CPU runs: Philox "avx512" / "avx2" / "scalar", normals "avx512" / "scalar".
+// The upcycle kernels use the best instruction set the CPU has (AVX-512F, else AVX2 with FMA,
+// else scalar), up to a cap (tests and benchmarks compare the paths; all give the same bits).
+enum class KernelCap { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+KernelCap set_kernel_cap(KernelCap cap);  // returns the previous cap; the default is kAvx512
+bool set_scalar_kernels(bool scalar);     // cap kScalar or kAvx512; returns whether it was kScalar
+// What runs now: "avx512", "avx2" or "scalar" (Philox and the normals use the same level).
+const char* kernel_level_name();
 const char* philox_kernel_name();
 const char* normal_kernel_name();
 
 namespace detail {
-bool scalar_forced();   // set_scalar_kernels(true) in effect
-bool avx512_kernels();  // the CPU has AVX-512F and scalar is not forced
+bool avx512_kernels();  // the CPU has AVX-512F and the cap allows it
+bool avx2_kernels();    // the CPU has AVX2 and FMA and the cap allows it
 }  // namespace detail
 
 }  // namespace moekit::upcycle

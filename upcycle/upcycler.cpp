@@ -316,6 +316,7 @@ const char* const* tokenizer_files() {
 UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt) {
   InterruptGuard guard;
   const auto t0 = std::chrono::steady_clock::now();
+  const char* kernels = kernel_level_name();  // also checks MOEKIT_UPCYCLE_KERNELS before any work
   const DenseSource dense = DenseSource::open(opt.dense_dir);
   resolve_recipe(&recipe, dense.config());
   check_not_inside(opt.dense_dir, opt.out_dir);
@@ -359,7 +360,7 @@ UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt) {
            " routed + ", sum.geometry.shared, " shared chunks of ", sum.geometry.expert_width, " from ",
            sum.geometry.copies, " copies; reinit ", recipe.ratio(), "; ", sum.scales.note, "; ",
            static_cast<double>(bytes) / 1e9, " GB in ", writer.num_shards(), " shard(s), ", sum.threads,
-           " compute + ", sum.io_threads, " I/O thread(s)");
+           " compute + ", sum.io_threads, " I/O thread(s), ", kernels, " kernels");
   PlanHeader header;
   header.dense_dir = dense.dir();
   header.dense_layout = dense.layout_name();

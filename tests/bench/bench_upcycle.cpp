@@ -3,9 +3,11 @@
 //       a random dense checkpoint with the config's exact shapes (weights N(0, initializer_range),
 //       biases 0, norms 1), streamed straight into its shards with ShardWriter, so a 3.7 GB
 //       Qwen-1.8B-shaped checkpoint costs a few MB of memory. Nothing is downloaded.
-//   bench_upcycle kernels
+//   bench_upcycle kernels [--cap avx2|scalar]
 //       CPU-time cost per element of the upcycle's inner kernels (Philox words, element-mode
-//       re-init at ratio 0.5, full normals, f32 -> bf16), on this core.
+//       re-init at ratio 0.5, full normals, the down-projection gather with Qwen-1.8B's shapes,
+//       f32 -> bf16), on this core. --cap times the kernels a CPU without AVX-512 (avx2) or
+//       without AVX2 (scalar) runs.
 #include <omp.h>
 #include <time.h>
 
@@ -21,6 +23,7 @@
 #include "core/check.h"
 #include "core/dtype.h"
 #include "model/model.h"
+#include "upcycle/expert_fill.h"
 #include "upcycle/rng_stream.h"
 
 namespace {
@@ -92,7 +95,11 @@ int make_dense(int argc, char** argv) {
   return 0;
 }
 
-int run_kernels() {
+int run_kernels(const std::string& cap) {
+  MOEKIT_CHECK(cap.empty() || cap == "avx2" || cap == "scalar", "--cap: expected avx2 or scalar, got '", cap, "'");
+  upcycle::set_kernel_cap(cap == "avx2"     ? upcycle::KernelCap::kAvx2
+                          : cap == "scalar" ? upcycle::KernelCap::kScalar
+                                            : upcycle::KernelCap::kAvx512);
   const size_t n = size_t{1} << 24, blk = 4096;
   std::vector<float> src(2 * blk, 0.5f), y(blk);
   std::vector<uint32_t> words(blk);
@@ -109,13 +116,23 @@ int run_kernels() {
   t0 = cpu_ns();
   for (size_t off = 0; off < n; off += blk) upcycle::normal_elements(y.data(), blk, key, off, 0.f, 1.f);
   const double normal = (cpu_ns() - t0) / n;
+  // Down gather: 32 hidden rows (two panels) of a 1408-neuron expert from a 5504-wide dense FFN.
+  const int64_t dense = 5504, width = 1408, rows = 32;
+  std::vector<float> panels(static_cast<size_t>(rows * dense), 1.f), out(static_cast<size_t>(rows * width));
+  std::vector<int32_t> idx(static_cast<size_t>(width));
+  for (int64_t j = 0; j < width; ++j) idx[static_cast<size_t>(j)] = static_cast<int32_t>((j * 2731) % dense);
+  t0 = cpu_ns();
+  for (size_t done = 0; done < n; done += static_cast<size_t>(rows * width))
+    upcycle::gather_down_rows(out.data(), idx.data(), width, panels.data(), dense, rows, 0, rows);
+  const double gather = (cpu_ns() - t0) / n;
   t0 = cpu_ns();
   for (size_t off = 0; off < n; off += blk) from_f32(half.data(), DType::kBF16, src.data(), blk);
   const double bf16 = (cpu_ns() - t0) / n;
   std::printf(
       "{\"philox_kernel\": \"%s\", \"normal_kernel\": \"%s\", \"ns_per_word_philox\": %.3f, "
-      "\"ns_per_elem_reinit_0.5\": %.3f, \"ns_per_elem_normal\": %.3f, \"ns_per_elem_bf16\": %.3f, \"check\": %llu}\n",
-      upcycle::philox_kernel_name(), upcycle::normal_kernel_name(), philox, reinit, normal, bf16,
+      "\"ns_per_elem_reinit_0.5\": %.3f, \"ns_per_elem_normal\": %.3f, \"ns_per_elem_down_gather\": %.3f, "
+      "\"ns_per_elem_bf16\": %.3f, \"check\": %llu}\n",
+      upcycle::philox_kernel_name(), upcycle::normal_kernel_name(), philox, reinit, normal, gather, bf16,
       static_cast<unsigned long long>(c));
   return 0;
 }
@@ -126,9 +143,9 @@ int main(int argc, char** argv) {
   try {
     const std::string cmd = argc > 1 ? argv[1] : "";
     if (cmd == "make-dense") return make_dense(argc, argv);
-    if (cmd == "kernels") return run_kernels();
+    if (cmd == "kernels") return run_kernels(arg(argc, argv, "--cap", ""));
     std::fprintf(stderr, "usage: bench_upcycle make-dense --config CFG --out DIR [--seed S] [--dtype bf16] [--threads N]\n"
-                         "       bench_upcycle kernels\n");
+                         "       bench_upcycle kernels [--cap avx2|scalar]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_upcycle: error: %s\n", e.what());

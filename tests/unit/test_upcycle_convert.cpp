@@ -12,6 +12,7 @@
 #include <cstdlib>
 
 #include "core/check.h"
+#include "upcycle/rng_stream.h"
 #include "upcycle/verify.h"
 #include "upcycle_test_util.h"
 
@@ -72,7 +73,7 @@ TEST_F(UpcycleConvert, FunctionPreservingModesReproduceTheDenseLogits) {
   EXPECT_GT(q.max_abs_logit_diff, 1e-2);
 }
 
-TEST_F(UpcycleConvert, OutputIsByteIdenticalForAnyThreadCount) {
+TEST_F(UpcycleConvert, OutputIsByteIdenticalForAnyThreadCountAndKernel) {
   const Recipe r = test::tiny_recipe({"dtype=bf16", "max_shard_size=300KB"});
   test::run_upcycle(r, path("dense"), path("t1"), 1);
   test::run_upcycle(r, path("dense"), path("t3"), 3);
@@ -86,6 +87,13 @@ TEST_F(UpcycleConvert, OutputIsByteIdenticalForAnyThreadCount) {
   test::run_upcycle(r, path("dense"), path("buffered"), 2);
   ::unsetenv("MOEKIT_DIRECT_IO");
   EXPECT_EQ(a, test::tree_bytes(path("buffered")));
+  // The AVX2 and scalar kernels (CPUs without AVX-512): the same bytes.
+  for (const char* k : {"avx2", "scalar"}) {
+    const KernelCap prev = set_kernel_cap(std::string(k) == "avx2" ? KernelCap::kAvx2 : KernelCap::kScalar);
+    test::run_upcycle(r, path("dense"), path(k), 2);
+    set_kernel_cap(prev);
+    EXPECT_EQ(a, test::tree_bytes(path(k))) << k;
+  }
   // A different seed changes the experts.
   test::run_upcycle(test::tiny_recipe({"dtype=bf16", "max_shard_size=300KB", "seed=5"}), path("dense"), path("s5"), 2);
   EXPECT_NE(a, test::tree_bytes(path("s5")));

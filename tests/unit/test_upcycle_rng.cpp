@@ -22,11 +22,15 @@ uint32_t reference_word(const CounterRng& rng, uint64_t i) {
 }
 
 // Restores the kernel choice at scope exit.
-struct ScalarKernels {
-  explicit ScalarKernels(bool on) : prev(set_scalar_kernels(on)) {}
-  ~ScalarKernels() { set_scalar_kernels(prev); }
-  bool prev;
+struct Cap {
+  explicit Cap(KernelCap c) : prev(set_kernel_cap(c)) {}
+  ~Cap() { set_kernel_cap(prev); }
+  KernelCap prev;
 };
+// The vector paths the tests compare with the scalar reference (on a CPU without one of them,
+// that cap runs the next one down, and the comparison still holds).
+constexpr KernelCap kVectorCaps[] = {KernelCap::kAvx512, KernelCap::kAvx2};
+const char* cap_name(KernelCap c) { return c == KernelCap::kAvx512 ? "avx512" : c == KernelCap::kAvx2 ? "avx2" : "scalar"; }
 
 double inverse_normal_cdf(double u) {
   double lo = -12, hi = 12;
@@ -38,8 +42,8 @@ double inverse_normal_cdf(double u) {
 }
 
 TEST(UpcycleRng, StreamMatchesCounterRngOnEveryPath) {
-  for (bool scalar : {false, true}) {
-    ScalarKernels k(scalar);
+  for (KernelCap c : {KernelCap::kAvx512, KernelCap::kAvx2, KernelCap::kScalar}) {
+    Cap k(c);
     for (const char* name : {"model.layers.0.mlp.experts.3.up_proj.weight", "x"}) {
       const CounterRng rng(99, name);
       const PhiloxKey key = philox_key(99, name);
@@ -49,7 +53,7 @@ TEST(UpcycleRng, StreamMatchesCounterRngOnEveryPath) {
         std::vector<uint32_t> w(300);
         stream_words(key, idx0, w.size(), w.data());
         for (size_t i = 0; i < w.size(); ++i)
-          ASSERT_EQ(w[i], reference_word(rng, idx0 + i)) << name << " idx " << idx0 + i << " scalar " << scalar;
+          ASSERT_EQ(w[i], reference_word(rng, idx0 + i)) << name << " idx " << idx0 + i << " " << kernel_level_name();
       }
     }
   }
@@ -57,16 +61,17 @@ TEST(UpcycleRng, StreamMatchesCounterRngOnEveryPath) {
 
 TEST(UpcycleRng, PhiloxPathsAgreeOnLongRuns) {
   const PhiloxKey key = philox_key(3, "long");
-  std::vector<uint32_t> a(100000), b(100000);
+  std::vector<uint32_t> ref(100000);
   {
-    ScalarKernels k(false);
+    Cap k(KernelCap::kScalar);
+    stream_words(key, 12345, ref.size(), ref.data());
+  }
+  for (KernelCap c : kVectorCaps) {
+    Cap k(c);
+    std::vector<uint32_t> a(ref.size());
     stream_words(key, 12345, a.size(), a.data());
+    EXPECT_EQ(a, ref) << "kernel " << philox_kernel_name();
   }
-  {
-    ScalarKernels k(true);
-    stream_words(key, 12345, b.size(), b.data());
-  }
-  EXPECT_EQ(a, b) << "kernel " << philox_kernel_name();
 }
 
 TEST(UpcycleRng, SimdNormalKernelsMatchScalarReferenceBitForBit) {
@@ -76,29 +81,31 @@ TEST(UpcycleRng, SimdNormalKernelsMatchScalarReferenceBitForBit) {
   const PhiloxKey key = philox_key(5, "t");
   for (uint64_t thr : {uint64_t{1}, uint64_t{1000}, (uint64_t{1} << 24) - 1, uint64_t{1} << 31,
                        (uint64_t{1} << 32) - 1, uint64_t{1} << 32}) {
-    std::vector<float> a(n), b(n);
-    uint64_t ca, cb;
+    std::vector<float> b(n);
+    uint64_t cb;
     {
-      ScalarKernels k(false);
-      ca = reinit_elements(a.data(), src.data(), n, key, 77, thr, 0.1f, 2.f);
-    }
-    {
-      ScalarKernels k(true);
+      Cap k(KernelCap::kScalar);
       cb = reinit_elements(b.data(), src.data(), n, key, 77, thr, 0.1f, 2.f);
     }
-    EXPECT_EQ(ca, cb) << thr;
-    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << "threshold " << thr;
+    for (KernelCap c : kVectorCaps) {
+      Cap k(c);
+      std::vector<float> a(n);
+      const uint64_t ca = reinit_elements(a.data(), src.data(), n, key, 77, thr, 0.1f, 2.f);
+      EXPECT_EQ(ca, cb) << thr << " " << cap_name(c);
+      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << "threshold " << thr << " " << cap_name(c);
+    }
   }
-  std::vector<float> a(n), b(n);
+  std::vector<float> b(n);
   {
-    ScalarKernels k(false);
-    normal_elements(a.data(), n, key, 3, -1.f, 0.5f);
-  }
-  {
-    ScalarKernels k(true);
+    Cap k(KernelCap::kScalar);
     normal_elements(b.data(), n, key, 3, -1.f, 0.5f);
   }
-  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)));
+  for (KernelCap c : kVectorCaps) {
+    Cap k(c);
+    std::vector<float> a(n);
+    normal_elements(a.data(), n, key, 3, -1.f, 0.5f);
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << cap_name(c);
+  }
 }
 
 TEST(UpcycleRng, InverseNormalCdfIsAccurate) {
@@ -118,9 +125,10 @@ TEST(UpcycleRng, InverseNormalCdfIsAccurate) {
 }
 
 // Every segment of the piecewise inverse CDF, on both sides of 1/2: u = 2^-25 .. 1/2 (and
-// 1 - u where float has it) and 1/2 -+ 2^-26 .. 1/4 in geometric steps (each binade of r and of s = 1/2 - r), both kernels
-// bit for bit, and the relative error against the double-precision inverse.
-TEST(UpcycleRng, NormalSegmentsAccurateAndIdenticalOnBothKernels) {
+// 1 - u where float has it) and 1/2 -+ 2^-26 .. 1/4 in geometric steps (each binade of r and
+// of s = 1/2 - r), every kernel bit for bit, and the relative error against the
+// double-precision inverse.
+TEST(UpcycleRng, NormalSegmentsAccurateAndIdenticalOnEveryKernel) {
   std::vector<float> u;
   for (double r = std::ldexp(1.0, -25); r < 0.5; r *= 1.0007) {
     u.push_back(static_cast<float>(r));
@@ -131,15 +139,19 @@ TEST(UpcycleRng, NormalSegmentsAccurateAndIdenticalOnBothKernels) {
     u.push_back(0.5f + static_cast<float>(s));
   }
   u.insert(u.end(), {0.5f, 0.25f, 0.75f, 0.015625f, 0.484375f, 0.515625f, 0.99999994f});
-  std::vector<float> simd(u.size()), scalar(u.size());
-  normals_from_uniforms(u.data(), u.size(), simd.data());
+  std::vector<float> scalar(u.size());
   {
-    ScalarKernels k(true);
+    Cap k(KernelCap::kScalar);
     normals_from_uniforms(u.data(), u.size(), scalar.data());
+  }
+  for (KernelCap c : kVectorCaps) {
+    Cap k(c);
+    std::vector<float> simd(u.size());
+    normals_from_uniforms(u.data(), u.size(), simd.data());
+    for (size_t i = 0; i < u.size(); ++i) ASSERT_EQ(simd[i], scalar[i]) << "u = " << u[i] << " " << cap_name(c);
   }
   double worst = 0;
   for (size_t i = 0; i < u.size(); ++i) {
-    ASSERT_EQ(simd[i], scalar[i]) << "u = " << u[i];
     if (u[i] == 0.5f) {  // small s above 1/2 rounds to 1/2 in float
       ASSERT_EQ(scalar[i], 0.f);
       continue;
