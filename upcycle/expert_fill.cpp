@@ -16,23 +16,36 @@
 
 namespace moekit::upcycle {
 
-TensorStats tensor_stats(const float* x, int64_t n) {
-  TensorStats s;
-  if (n <= 0) return s;
-  // Blocks of 4096 summed in double, then the block sums in order: fixed order, no drift.
-  double sum = 0, sq = 0;
-  for (int64_t b = 0; b < n; b += 4096) {
+void block_sums(const float* x, int64_t n, int64_t b0, int64_t b1, double* sum, double* sq) {
+  for (int64_t b = b0; b < b1; ++b) {
     double bs = 0, bq = 0;
-    for (int64_t i = b; i < std::min(n, b + 4096); ++i) {
+    for (int64_t i = b * kStatsBlock; i < std::min(n, (b + 1) * kStatsBlock); ++i) {
       bs += x[i];
       bq += static_cast<double>(x[i]) * x[i];
     }
-    sum += bs;
-    sq += bq;
+    sum[b] = bs;
+    sq[b] = bq;
   }
-  s.mean = sum / static_cast<double>(n);
-  s.std = std::sqrt(std::max(0.0, sq / static_cast<double>(n) - s.mean * s.mean));
+}
+
+TensorStats stats_of_blocks(const double* sum, const double* sq, int64_t n) {
+  TensorStats s;
+  if (n <= 0) return s;
+  double total = 0, total_sq = 0;
+  for (int64_t b = 0; b < (n + kStatsBlock - 1) / kStatsBlock; ++b) {
+    total += sum[b];
+    total_sq += sq[b];
+  }
+  s.mean = total / static_cast<double>(n);
+  s.std = std::sqrt(std::max(0.0, total_sq / static_cast<double>(n) - s.mean * s.mean));
   return s;
+}
+
+TensorStats tensor_stats(const float* x, int64_t n) {
+  const int64_t blocks = std::max<int64_t>(0, (n + kStatsBlock - 1) / kStatsBlock);
+  std::vector<double> sum(static_cast<size_t>(blocks)), sq(static_cast<size_t>(blocks));
+  block_sums(x, n, 0, blocks, sum.data(), sq.data());
+  return stats_of_blocks(sum.data(), sq.data(), n);
 }
 
 namespace {

@@ -16,8 +16,15 @@ namespace moekit::upcycle {
 struct TensorStats {
   double mean = 0, std = 0;
 };
-// Mean and (population) standard deviation, summed in a fixed order (deterministic).
+// Mean and (population) standard deviation, summed in a fixed order (deterministic): each
+// block of kStatsBlock values in double, then the block sums in order.
+constexpr int64_t kStatsBlock = 4096;
 TensorStats tensor_stats(const float* x, int64_t n);
+// The same in pieces: the sums of blocks [b0, b1) of x[0, n) (block b covers
+// [b * kStatsBlock, min(n, (b + 1) * kStatsBlock))), then the stats from all the blocks'
+// sums. Pieces can run on different threads; the result equals tensor_stats bit for bit.
+void block_sums(const float* x, int64_t n, int64_t b0, int64_t b1, double* sum, double* sq);
+TensorStats stats_of_blocks(const double* sum, const double* sq, int64_t n);
 
 // One layer's dense FFN in f32. gate and up in HF layout (D, H). down in panels of 16 hidden
 // rows: panel g holds rows 16g .. 16g+15 transposed, (D, 16), so

@@ -132,15 +132,26 @@ class Run {
     std::array<std::vector<float>*, 3> bufs = {&ffn_.gate, &ffn_.up, &down_hf_};
     std::array<TensorStats*, 3> stats = {&ffn_.gate_stats, &ffn_.up_stats, &ffn_.down_stats};
     const char* projs[3] = {"gate_proj", "up_proj", "down_proj"};
+    // Read in pieces of whole statistics blocks, on every thread (three tensors alone would leave
+    // most cores idle on a large machine); the block sums then give the stats in a fixed order.
+    const int64_t blocks = (n + kStatsBlock - 1) / kStatsBlock;
+    constexpr int64_t kLoadBlocks = 64;  // 1 MB of f32 per item
+    std::array<std::vector<double>, 3> sums, sqs;
     std::vector<Item> load;
     for (int k = 0; k < 3; ++k) {
       bufs[k]->resize(static_cast<size_t>(n));
-      load.push_back([this, k, n, bufs, stats, name = p + projs[k] + ".weight"](Scratch&) {
-        dense_.read_f32(name, 0, n, bufs[k]->data());
-        *stats[k] = tensor_stats(bufs[k]->data(), n);
-      });
+      sums[k].resize(static_cast<size_t>(blocks));
+      sqs[k].resize(static_cast<size_t>(blocks));
+      const std::string name = p + projs[k] + ".weight";
+      for (int64_t b0 = 0; b0 < blocks; b0 += kLoadBlocks)
+        load.push_back([this, k, n, b0, b1 = std::min(blocks, b0 + kLoadBlocks), name, &bufs, &sums, &sqs](Scratch&) {
+          const int64_t e0 = b0 * kStatsBlock, e1 = std::min(n, b1 * kStatsBlock);
+          dense_.read_f32(name, e0, e1 - e0, bufs[k]->data() + e0);
+          block_sums(bufs[k]->data(), n, b0, b1, sums[k].data(), sqs[k].data());
+        });
     }
     run_items(load, threads_);
+    for (int k = 0; k < 3; ++k) *stats[k] = stats_of_blocks(sums[k].data(), sqs[k].data(), n);
     const int64_t panels = (g_.hidden + kDownPanel - 1) / kDownPanel;
     ffn_.down_p.resize(static_cast<size_t>(panels * kDownPanel * g_.dense_width));
     std::vector<Item> transpose;

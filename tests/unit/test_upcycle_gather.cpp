@@ -1,8 +1,11 @@
-// Tests of the down-projection gather in upcycle/expert_fill: the packing of the dense down into
+// Tests of the layer-loading pieces of upcycle/expert_fill: the packing of the dense down into
 // panels and the tile gather against plain index arithmetic, on the AVX-512 path and the scalar
-// one, for shapes that are and are not multiples of the 16x16 tile, and for any row range.
+// one, for shapes that are and are not multiples of the 16x16 tile, and for any row range; and
+// the statistics computed in pieces against the whole-tensor ones.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -83,6 +86,33 @@ TEST(UpcycleGather, DownRowsTakeTheNamedDenseColumns) {
       EXPECT_THROW(gather_down_rows(out.data(), src.data(), width, p.data(), dense, hidden, 0, hidden + 1), Error);
     }
   }
+}
+
+// The upcycler reads each dense tensor in pieces on all threads; the stats (which set the
+// re-init distribution) must not depend on the split.
+TEST(UpcycleGather, StatsInPiecesEqualWholeTensorStats) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.3f, 0.02f);
+  for (int64_t n : {int64_t{1}, int64_t{4095}, int64_t{4096}, int64_t{3 * 4096 + 17}, int64_t{100000}}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    double sum = 0, sq = 0;
+    for (auto& v : x) {
+      v = nd(rng);
+      sum += v;
+      sq += static_cast<double>(v) * v;
+    }
+    const TensorStats whole = tensor_stats(x.data(), n);
+    const int64_t blocks = (n + kStatsBlock - 1) / kStatsBlock;
+    std::vector<double> s(static_cast<size_t>(blocks)), q(static_cast<size_t>(blocks));
+    for (int64_t b = blocks; b > 0; b -= 2) block_sums(x.data(), n, std::max<int64_t>(0, b - 2), b, s.data(), q.data());
+    const TensorStats pieces = stats_of_blocks(s.data(), q.data(), n);
+    EXPECT_EQ(whole.mean, pieces.mean) << n;
+    EXPECT_EQ(whole.std, pieces.std) << n;
+    const double mean = sum / n;
+    EXPECT_NEAR(whole.mean, mean, 1e-12) << n;
+    EXPECT_NEAR(whole.std, std::sqrt(std::max(0.0, sq / n - mean * mean)), 1e-9) << n;
+  }
+  EXPECT_EQ(tensor_stats(nullptr, 0).mean, 0.0);
 }
 
 }  // namespace
