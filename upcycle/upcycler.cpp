@@ -42,7 +42,7 @@ constexpr int64_t kSubElems = int64_t{1} << 14;   // f32 sub-block of a slab (64
 // Per-thread buffers, reused across items.
 struct Scratch {
   std::vector<float> values;  // the slab in f32
-  std::vector<float> gather;  // neuron-mode normals of a down row
+  std::vector<float> normals;  // neuron-mode normals of a down row (fill_expert_rows's scratch)
 };
 
 using Item = std::function<void(Scratch&)>;
@@ -211,12 +211,12 @@ class Run {
       const DType dt = w_.entry(tensor[i]).dtype;
       const size_t es = dtype_size(dt), nb = static_cast<size_t>((r1 - r0) * cols) * es;
       grow(&sc.values, static_cast<size_t>(sub * cols));
-      grow(&sc.gather, static_cast<size_t>(s.width));
+      grow(&sc.normals, static_cast<size_t>(s.width));
       WriteQueue::Buffer buf = q_->acquire(nb);
       uint64_t n = 0;
       for (int64_t a = r0; a < r1; a += sub) {
         const int64_t b = std::min(r1, a + sub);
-        n += fill_expert_rows(sc.values.data(), s, ffn_, a, b, sc.gather.data());
+        n += fill_expert_rows(sc.values.data(), s, ffn_, a, b, sc.normals.data());
         // Streaming stores: the buffer goes to the disk and is not read back here.
         from_f32_streaming(buf->data() + static_cast<size_t>((a - r0) * cols) * es, dt, sc.values.data(),
                            static_cast<size_t>((b - a) * cols));
