@@ -316,6 +316,4 @@ void normals_from_uniforms(const float* u, size_t n, float* z) {
   }
 }
 
-const char* normal_kernel_name() { return kernel_level_name(); }
-
 }  // namespace moekit::upcycle

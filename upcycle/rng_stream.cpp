@@ -223,8 +223,6 @@ bool element_reinit(uint64_t seed, std::string_view tensor, uint64_t idx, double
   return stream_word(philox_key(seed, tensor), idx) < ratio_threshold(ratio);
 }
 
-const char* philox_kernel_name() { return kernel_level_name(); }
-
 KernelCap set_kernel_cap(KernelCap c) {
   const KernelCap prev = cap();
   g_cap.store(static_cast<int>(c));

@@ -69,8 +69,6 @@ KernelCap set_kernel_cap(KernelCap cap);  // returns the previous cap; the defau
 bool set_scalar_kernels(bool scalar);     // cap kScalar or kAvx512; returns whether it was kScalar
 // What runs now: "avx512", "avx2" or "scalar" (Philox and the normals use the same level).
 const char* kernel_level_name();
-const char* philox_kernel_name();
-const char* normal_kernel_name();
 
 namespace detail {
 bool avx512_kernels();  // the CPU has AVX-512F and the cap allows it

@@ -21,7 +21,7 @@ struct UpcycleOptions {
   std::string dense_dir, out_dir;
   bool overwrite = false;
   int threads = 0;     // compute threads; 0: one per core
-  int io_threads = 0;  // threads writing the finished slabs; 0: two
+  int io_threads = 0;  // threads writing the finished slabs; 0: 16
 };
 
 struct UpcycleSummary {

@@ -129,10 +129,10 @@ int run_kernels(const std::string& cap) {
   for (size_t off = 0; off < n; off += blk) from_f32(half.data(), DType::kBF16, src.data(), blk);
   const double bf16 = (cpu_ns() - t0) / n;
   std::printf(
-      "{\"philox_kernel\": \"%s\", \"normal_kernel\": \"%s\", \"ns_per_word_philox\": %.3f, "
+      "{\"kernels\": \"%s\", \"ns_per_word_philox\": %.3f, "
       "\"ns_per_elem_reinit_0.5\": %.3f, \"ns_per_elem_normal\": %.3f, \"ns_per_elem_down_gather\": %.3f, "
       "\"ns_per_elem_bf16\": %.3f, \"check\": %llu}\n",
-      upcycle::philox_kernel_name(), upcycle::normal_kernel_name(), philox, reinit, normal, gather, bf16,
+      upcycle::kernel_level_name(), philox, reinit, normal, gather, bf16,
       static_cast<unsigned long long>(c));
   return 0;
 }

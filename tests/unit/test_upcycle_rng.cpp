@@ -30,7 +30,6 @@ struct Cap {
 // The vector paths the tests compare with the scalar reference (on a CPU without one of them,
 // that cap runs the next one down, and the comparison still holds).
 constexpr KernelCap kVectorCaps[] = {KernelCap::kAvx512, KernelCap::kAvx2};
-const char* cap_name(KernelCap c) { return c == KernelCap::kAvx512 ? "avx512" : c == KernelCap::kAvx2 ? "avx2" : "scalar"; }
 
 double inverse_normal_cdf(double u) {
   double lo = -12, hi = 12;
@@ -70,7 +69,7 @@ TEST(UpcycleRng, PhiloxPathsAgreeOnLongRuns) {
     Cap k(c);
     std::vector<uint32_t> a(ref.size());
     stream_words(key, 12345, a.size(), a.data());
-    EXPECT_EQ(a, ref) << "kernel " << philox_kernel_name();
+    EXPECT_EQ(a, ref) << "kernel " << kernel_level_name();
   }
 }
 
@@ -91,8 +90,9 @@ TEST(UpcycleRng, SimdNormalKernelsMatchScalarReferenceBitForBit) {
       Cap k(c);
       std::vector<float> a(n);
       const uint64_t ca = reinit_elements(a.data(), src.data(), n, key, 77, thr, 0.1f, 2.f);
-      EXPECT_EQ(ca, cb) << thr << " " << cap_name(c);
-      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << "threshold " << thr << " " << cap_name(c);
+      EXPECT_EQ(ca, cb) << thr << " " << kernel_level_name();
+      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)))
+          << "threshold " << thr << " " << kernel_level_name();
     }
   }
   std::vector<float> b(n);
@@ -104,7 +104,7 @@ TEST(UpcycleRng, SimdNormalKernelsMatchScalarReferenceBitForBit) {
     Cap k(c);
     std::vector<float> a(n);
     normal_elements(a.data(), n, key, 3, -1.f, 0.5f);
-    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << cap_name(c);
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << kernel_level_name();
   }
 }
 
@@ -148,7 +148,7 @@ TEST(UpcycleRng, NormalSegmentsAccurateAndIdenticalOnEveryKernel) {
     Cap k(c);
     std::vector<float> simd(u.size());
     normals_from_uniforms(u.data(), u.size(), simd.data());
-    for (size_t i = 0; i < u.size(); ++i) ASSERT_EQ(simd[i], scalar[i]) << "u = " << u[i] << " " << cap_name(c);
+    for (size_t i = 0; i < u.size(); ++i) ASSERT_EQ(simd[i], scalar[i]) << "u = " << u[i] << " " << kernel_level_name();
   }
   double worst = 0;
   for (size_t i = 0; i < u.size(); ++i) {
