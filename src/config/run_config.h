@@ -33,13 +33,23 @@ struct TrainLoopConfig {
   int64_t eval_every = 0;    // 0: only at the end
   int64_t eval_batches = 4;  // validation windows = eval_batches * micro_batch_size
   double peak_flops = 0;     // for MFU; 0: measure this machine's f32 GEMM rate at start
-  std::string device = "cpu";  // cpu | cuda (train/device_step.h: one GPU per rank)
+  std::string device = "cpu";  // cpu | cuda (backend/backend.h: one GPU per rank)
 };
 
 struct LossSection {
   std::string aux = "hf_pooled";  // none | hf_pooled | switch | global_batch
   double aux_coef = -1;           // < 0: the model config's router_aux_loss_coef
   double z_coef = 0.0;
+};
+
+// MoE routing at training time (docs/TRAINING.md).
+struct MoeSection {
+  // <= 0: dropless. Otherwise each expert serves at most ceil(factor * T * k / E) of a
+  // micro-batch's (token, slot) pairs, in token order; the rest are dropped (moe/moe_layer.h).
+  double capacity_factor = 0.0;
+  // Aux-loss-free balancing (models with moe_router_enable_expert_bias): after each step every
+  // expert's selection bias moves by this much towards balance (DeepSeek-V3's u).
+  double router_bias_update_rate = 1e-3;
 };
 
 struct CheckpointSection {
@@ -63,6 +73,7 @@ struct RunConfig {
   DataConfig data;
   TrainLoopConfig train;
   LossSection loss;
+  MoeSection moe;
   CheckpointSection checkpoint;
   ParallelSection parallel;
   std::string optim_yaml = "{}";  // the optim: section, parsed by optim::OptimConfig

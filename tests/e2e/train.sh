@@ -180,8 +180,8 @@ expect_fail "token out of vocabulary" "v1000" train --config $cfg --set run_dir=
   --set "data.train=[$tmp/big/v1000]"
 expect_fail "bad train.device" "train.device 'tpu' must be cpu or cuda" train --config $cfg --set run_dir="$tmp/b6" \
   --set train.device=tpu
-expect_fail "cuda with zero1" "parallel.zero1 with train.device cuda" train --config configs/train/tiny-moe.yaml \
-  --set run_dir="$tmp/b7" --set train.device=cuda --set parallel.zero1=true
+expect_fail "cuda with fp16" "optim.precision fp16 with train.device cuda" train --config configs/train/tiny-moe.yaml \
+  --set run_dir="$tmp/b7" --set train.device=cuda --set optim.precision=fp16
 if [ "$(nvidia-smi -L 2>/dev/null | grep -c GPU)" = 0 ]; then  # here the device check itself must refuse
   expect_fail "cuda without a GPU" "train.device is 'cuda' but" train --config $cfg --set run_dir="$tmp/b8" \
     --set train.device=cuda
