@@ -1,5 +1,7 @@
 #include "parallel/device_groups.h"
 
+#include <exception>
+
 #include "core/check.h"
 #ifdef MOEKIT_WITH_CUDA
 #include "parallel/nccl_communicator.h"
@@ -121,7 +123,10 @@ class BackendOrdered final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
     return std::make_unique<BackendOrdered>(be_, inner_->split(color, key, name));
   }
-  [[noreturn]] void abort(int code, const std::string& message) override { inner_->abort(code, message); }
+  [[noreturn]] void abort(int code, const std::string& message) override {
+    inner_->abort(code, message);
+    std::terminate();  // not reached: every backend's abort ends the process
+  }
 
  private:
   void note() { stats_ = inner_->stats(); }
