@@ -244,13 +244,14 @@ void Model::bind_layers() {
       md.score = cfg_.moe_router_score_function == "sigmoid" ? backend::ScoreFunction::kSigmoid
                                                              : backend::ScoreFunction::kSoftmax;
       md.expert_bias = cfg_.moe_router_enable_expert_bias;
+      if (!moe_scratch_) moe_scratch_ = std::make_unique<moe::MoeScratch>(be_);
       std::unique_ptr<moe::TokenDispatcher> d;
       if (par_.ep_size() > 1)
         d = moe::make_all_to_all_dispatcher(be_, cfg_.num_experts, cfg_.hidden_size, *par_.ep,
-                                            par_.ep_rows ? *par_.ep_rows : *par_.ep);
+                                            par_.ep_rows ? *par_.ep_rows : *par_.ep, moe_scratch_->dispatch);
       else
-        d = moe::make_local_dispatcher(be_, cfg_.num_experts, cfg_.hidden_size);
-      L->moe = std::make_unique<moe::MoeLayer>(be_, mp, md, std::move(d));
+        d = moe::make_local_dispatcher(be_, cfg_.num_experts, cfg_.hidden_size, moe_scratch_->dispatch);
+      L->moe = std::make_unique<moe::MoeLayer>(be_, mp, md, std::move(d), *moe_scratch_);
       L->moe_index = moe_count++;
     }
     layers_.push_back(std::move(L));

@@ -115,6 +115,7 @@ class Model {
   size_t esz_;
   ExpertRange experts_;
   ParamStore params_;
+  std::unique_ptr<moe::MoeScratch> moe_scratch_;  // shared by the MoE layers (outlives them)
   std::vector<std::unique_ptr<Layer>> layers_;
   Param embed_, final_norm_, lm_head_;
   moe::MoeOptions moe_opt_;

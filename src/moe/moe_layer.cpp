@@ -12,11 +12,11 @@ namespace moekit::moe {
 using backend::Gemm;
 using backend::GemmOp;
 
-MoeLayer::MoeLayer(backend::Backend& be, MoeParams p, MoeDims d, std::unique_ptr<TokenDispatcher> dispatcher)
-    : be_(be), p_(p), d_(d), dispatcher_(std::move(dispatcher)), esz_(dtype_size(be.compute_dtype())), bias_(be),
-      x32_(be), logits_(be), scores_(be), lse_(be), idx_(be), weights_(be), row_of_(be), token_of_(be), xp_(be),
-      e_gu_(be), e_act_(be), s_gu_(be), s_act_(be), s_out_(be), s_gate_(be), dyp_(be), dw_(be), dlogits_(be),
-      dscore_(be), ds_(be), da_(be), s_dact_(be), s_dgu_(be) {
+MoeLayer::MoeLayer(backend::Backend& be, MoeParams p, MoeDims d, std::unique_ptr<TokenDispatcher> dispatcher,
+                   MoeScratch& scratch)
+    : be_(be), p_(p), d_(d), dispatcher_(std::move(dispatcher)), scratch_(scratch),
+      esz_(dtype_size(be.compute_dtype())), bias_(be), scores_(be), lse_(be), idx_(be), weights_(be), row_of_(be),
+      xp_(be), e_gu_(be), e_act_(be), s_gu_(be), s_act_(be), s_out_(be), s_gate_(be) {
   MOEKIT_CHECK(d_.topk >= 1 && d_.topk <= d_.experts, "MoeLayer: top-k ", d_.topk, " must be in [1, ", d_.experts,
                "]");
   if (d_.expert_bias) set_expert_bias(std::vector<float>(static_cast<size_t>(d_.experts), 0.f));
@@ -43,28 +43,31 @@ int64_t MoeLayer::dropped() const {
   return n;
 }
 
+const float* MoeLayer::router_input(const void* x, int64_t T) {
+  if (be_.compute_dtype() == DType::kF32) return static_cast<const float*>(x);
+  float* x32 = f32(scratch_.x32, T * d_.hidden);
+  be_.to_f32(x32, x, T * d_.hidden);
+  return x32;
+}
+
 void MoeLayer::forward(void* y, const void* x, int64_t T, const MoeOptions& opt) {
   const int64_t H = d_.hidden, E = d_.experts, k = d_.topk, Is = d_.shared_inter;
   tokens_ = T;
   // Router in f32 (DESIGN.md section 5): the normalised input widened, the f32 master weights.
-  const float* x32 = static_cast<const float*>(x);
-  if (be_.compute_dtype() != DType::kF32) {
-    be_.to_f32(f32(x32_, T * H), x, T * H);
-    x32 = x32_.as<float>();
-  }
   Gemm g;
   g.m = T;
   g.n = E;
   g.k = H;
-  be_.gemm(g, f32(logits_, T * E), x32, p_.router.w);
+  float* logits = f32(scratch_.logits, T * E);
+  be_.gemm(g, logits, router_input(x, T), p_.router.w);
   be_.router_forward(f32(scores_, T * E), f32(lse_, T),
                      static_cast<int32_t*>(idx_.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1))),
-                     f32(weights_, T * k), logits_.as<float>(), d_.expert_bias ? bias_.as<float>() : nullptr, spec(), T);
+                     f32(weights_, T * k), logits, d_.expert_bias ? bias_.as<float>() : nullptr, spec(), T);
   // Local plan: (token, slot) pairs in expert order, the experts' capacity applied here, before
   // anything leaves the rank, so every layout drops the same pairs.
   capacity_ = expert_capacity(T, k, E, opt.capacity_factor);
   auto* row_of = static_cast<int32_t*>(row_of_.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1)));
-  auto* token_of = static_cast<int32_t*>(token_of_.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1)));
+  auto* token_of = static_cast<int32_t*>(scratch_.token_of.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1)));
   chosen_ = be_.dispatch_plan(row_of, token_of, idx_.as<int32_t>(), T, k, E, capacity_);
   kept_ = chosen_;
   if (capacity_ >= 0)
@@ -110,8 +113,8 @@ void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vect
   const int32_t* row_of = row_of_.as<int32_t>();
   // Routed path: combine -> experts -> dispatch.
   const int64_t R = std::accumulate(kept_.begin(), kept_.end(), int64_t{0});
-  void* dyp = act(dyp_, R * H);
-  float* dw = f32(dw_, T * k);
+  void* dyp = act(scratch_.dyp, R * H);
+  float* dw = f32(scratch_.dw, T * k);
   be_.combine_rows_backward(dyp, dw, dy, yp_, weights_.as<float>(), row_of, T, k, H);
   const ExpertIo bio = dispatcher_->combine_backward(dyp);
   be_.experts_backward(bio.out, p_.experts.g, bio.in, io_.in, e_gu_.data(), e_act_.data(), p_.experts.c, bio.counts,
@@ -122,17 +125,17 @@ void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vect
   if (!dscore.empty()) {
     MOEKIT_CHECK(static_cast<int64_t>(dscore.size()) == E, "MoeLayer::backward: ", dscore.size(),
                  " score gradients for ", E, " experts");
-    be_.upload(f32(dscore_, E), dscore.data(), sizeof(float) * static_cast<size_t>(E));
-    ds = dscore_.as<float>();
+    be_.upload(f32(scratch_.dscore, E), dscore.data(), sizeof(float) * static_cast<size_t>(E));
+    ds = scratch_.dscore.as<float>();
   }
-  void* dlog = act(dlogits_, T * E);
+  void* dlog = act(scratch_.dlogits, T * E);
   be_.router_backward(dlog, scores_.as<float>(), lse_.as<float>(), idx_.as<int32_t>(), weights_.as<float>(), dw, ds,
                       z_scale, spec(), T);
   // The router weight's gradient in f32 from the f32 input; the input gradient in the compute type.
-  const float* x32 = be_.compute_dtype() == DType::kF32 ? static_cast<const float*>(x) : x32_.as<float>();
+  const float* x32 = router_input(x, T);
   float* dlog32 = static_cast<float*>(dlog);
   if (be_.compute_dtype() != DType::kF32) {
-    dlog32 = f32(logits_, T * E);  // the logits are not needed any more
+    dlog32 = f32(scratch_.logits, T * E);
     be_.to_f32(dlog32, dlog, T * E);
   }
   Gemm g;
@@ -152,8 +155,8 @@ void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vect
   if (!p_.shared_gate_up.w) return;
   const void* dys = dy;
   if (p_.shared_gate.w) {  // y += g s: ds = g dy, d(gate logit) = (dy . s) g (1 - g)
-    void* dsh = act(ds_, T * H);
-    void* da = act(da_, T);
+    void* dsh = act(scratch_.ds, T * H);
+    void* da = act(scratch_.da, T);
     be_.sigmoid_gate_backward(dsh, da, dy, s_out_.data(), s_gate_.as<float>(), T, H);
     Gemm gg;
     gg.op = GemmOp::kTN;
@@ -172,7 +175,7 @@ void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vect
     dys = dsh;
   }
   model::mlp_backward(be_, dx, 1.f, p_.shared_gate_up, p_.shared_down, dys, x, s_gu_.data(), s_act_.data(),
-                      act(s_dact_, T * Is), act(s_dgu_, T * 2 * Is), T, H, Is);
+                      act(scratch_.s_dact, T * Is), act(scratch_.s_dgu, T * 2 * Is), T, H, Is);
 }
 
 }  // namespace moekit::moe

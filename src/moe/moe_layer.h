@@ -48,10 +48,22 @@ struct MoeOptions {
   double capacity_factor = 0.0;  // <= 0: dropless
 };
 
+// Buffers a MoE layer needs only within its forward or its backward: one set serves every MoE
+// layer of a model (Model owns it), so their size is paid once, not per layer.
+struct MoeScratch {
+  explicit MoeScratch(backend::Backend& be)
+      : dispatch(be), logits(be), x32(be), token_of(be), dyp(be), dw(be), dlogits(be), dscore(be), ds(be), da(be),
+        s_dact(be), s_dgu(be) {}
+  DispatchScratch dispatch;
+  backend::Buffer logits, x32, token_of;                              // forward
+  backend::Buffer dyp, dw, dlogits, dscore, ds, da, s_dact, s_dgu;  // backward
+};
+
 class MoeLayer {
  public:
   // p.experts points at this rank's first expert; `dispatcher` decides which experts are local.
-  MoeLayer(backend::Backend& be, MoeParams p, MoeDims d, std::unique_ptr<TokenDispatcher> dispatcher);
+  MoeLayer(backend::Backend& be, MoeParams p, MoeDims d, std::unique_ptr<TokenDispatcher> dispatcher,
+           MoeScratch& scratch);
 
   // y (T, H) <- block(x (T, H)); x must stay unchanged until backward().
   void forward(void* y, const void* x, int64_t tokens, const MoeOptions& opt);
@@ -74,23 +86,25 @@ class MoeLayer {
   float* f32(backend::Buffer& b, int64_t n) const;
   backend::RouterSpec spec() const { return {d_.experts, d_.topk, d_.norm_topk, d_.score}; }
 
+  // The router's input in f32 (a cast when the activations are not f32).
+  const float* router_input(const void* x, int64_t tokens);
+
   backend::Backend& be_;
   MoeParams p_;
   MoeDims d_;
   std::unique_ptr<TokenDispatcher> dispatcher_;
+  MoeScratch& scratch_;
   size_t esz_;
   std::vector<float> bias_host_;
   backend::Buffer bias_;
-  // State of the last forward.
+  // State of the last forward, kept for the backward.
   int64_t tokens_ = 0, capacity_ = -1;
   std::vector<int64_t> chosen_, kept_;
   ExpertIo io_;                        // the experts' rows (owned by the dispatcher)
   const void* yp_ = nullptr;           // expert outputs in plan order (owned by the dispatcher)
-  backend::Buffer x32_, logits_, scores_, lse_, idx_, weights_, row_of_, token_of_;
+  backend::Buffer scores_, lse_, idx_, weights_, row_of_;
   backend::Buffer xp_, e_gu_, e_act_;  // dispatched rows (R, H), expert activations
   backend::Buffer s_gu_, s_act_, s_out_, s_gate_;  // shared expert
-  // Backward scratch.
-  backend::Buffer dyp_, dw_, dlogits_, dscore_, ds_, da_, s_dact_, s_dgu_;
 };
 
 }  // namespace moekit::moe

@@ -72,8 +72,8 @@ size_t act_bytes(backend::Backend& be, int64_t rows, int64_t hidden) {
 // All experts local: the expert-ordered rows are the experts' rows.
 class LocalDispatcher final : public TokenDispatcher {
  public:
-  LocalDispatcher(backend::Backend& be, int64_t experts, int64_t hidden)
-      : be_(be), experts_(experts), hidden_(hidden), y_(be), dx_(be) {}
+  LocalDispatcher(backend::Backend& be, int64_t experts, int64_t hidden, DispatchScratch& scratch)
+      : be_(be), experts_(experts), hidden_(hidden), scratch_(scratch), y_(be) {}
   int64_t local_experts() const override { return experts_; }
 
   ExpertIo dispatch(const void* xp, const std::vector<int64_t>& counts) override {
@@ -85,24 +85,25 @@ class LocalDispatcher final : public TokenDispatcher {
   }
   const void* combine() override { return y_.data(); }
   ExpertIo combine_backward(const void* dyp) override {
-    return {dyp, dx_.reserve(act_bytes(be_, rows_, hidden_)), counts_.data(), rows_};
+    return {dyp, scratch_.grad.reserve(act_bytes(be_, rows_, hidden_)), counts_.data(), rows_};
   }
-  const void* dispatch_backward() override { return dx_.data(); }
+  const void* dispatch_backward() override { return scratch_.grad.data(); }
 
  private:
   backend::Backend& be_;
   int64_t experts_, hidden_;
+  DispatchScratch& scratch_;
   std::vector<int64_t> counts_;
   int64_t rows_ = 0;
-  backend::Buffer y_, dx_;
+  backend::Buffer y_;  // the experts' outputs: plan order is expert order here
 };
 
 class AllToAllDispatcher final : public TokenDispatcher {
  public:
   AllToAllDispatcher(backend::Backend& be, int64_t experts, int64_t hidden, parallel::Communicator& counts_group,
-                     parallel::Communicator& rows_group)
+                     parallel::Communicator& rows_group, DispatchScratch& scratch)
       : be_(be), experts_(experts), hidden_(hidden), counts_group_(counts_group), rows_group_(rows_group),
-        grouped_(be), recv_(be), xg_(be), yg_(be), back_(be), dxg_(be) {
+        scratch_(scratch), grouped_(be), xg_(be), back_(be) {
     MOEKIT_CHECK(counts_group.size() == rows_group.size() && counts_group.rank() == rows_group.rank(),
                  "token dispatcher: the row group '", rows_group.name(), "' (rank ", rows_group.rank(), " of ",
                  rows_group.size(), ") must mirror the count group '", counts_group.name(), "' (rank ",
@@ -121,36 +122,35 @@ class AllToAllDispatcher final : public TokenDispatcher {
     auto* grouped =
         static_cast<int32_t*>(grouped_.reserve(sizeof(int32_t) * static_cast<size_t>(std::max<int64_t>(R, 1))));
     if (R > 0) be_.upload(grouped, h_.grouped_row.data(), sizeof(int32_t) * static_cast<size_t>(R));
-    void* recv = recv_.reserve(act_bytes(be_, R, hidden_));
+    void* recv = scratch_.recv.reserve(act_bytes(be_, R, hidden_));
     exchange(recv, xp, /*to_experts=*/true);
     void* xg = xg_.reserve(act_bytes(be_, R, hidden_));
     be_.scatter_rows(xg, recv, grouped, R, hidden_);
-    return {xg, yg_.reserve(act_bytes(be_, R, hidden_)), h_.local_counts.data(), R};
+    return {xg, scratch_.grouped.reserve(act_bytes(be_, R, hidden_)), h_.local_counts.data(), R};
   }
   const void* combine() override {
     const int64_t R = h_.received_rows();
-    void* recv = recv_.data();
-    be_.gather_rows(recv, yg_.data(), grouped_.as<int32_t>(), R, hidden_);  // back to received order
-    // back_ holds the outputs in plan order until the backward's combine_rows_backward has read
-    // them; dispatch_backward() reuses it after that.
+    void* recv = scratch_.recv.data();
+    be_.gather_rows(recv, scratch_.grouped.data(), grouped_.as<int32_t>(), R, hidden_);  // back to received order
+    // back_ holds the outputs in plan order until the backward's combine has read them;
+    // dispatch_backward() reuses it after that.
     void* yp = back_.reserve(act_bytes(be_, sent_rows(), hidden_));
     exchange(yp, recv, /*to_experts=*/false);
     return yp;
   }
   ExpertIo combine_backward(const void* dyp) override {
     const int64_t R = h_.received_rows();
-    void* drecv = recv_.data();
+    void* drecv = scratch_.recv.reserve(act_bytes(be_, R, hidden_));
     exchange(drecv, dyp, /*to_experts=*/true);
-    // yg_ is free again (the forward's outputs were combined): it takes the grouped dy. xg_
-    // still holds the inputs the experts' backward needs, so dx gets its own buffer.
-    void* dyg = yg_.data();
+    void* dyg = scratch_.grouped.reserve(act_bytes(be_, R, hidden_));
     be_.scatter_rows(dyg, drecv, grouped_.as<int32_t>(), R, hidden_);
-    return {dyg, dxg_.reserve(act_bytes(be_, R, hidden_)), h_.local_counts.data(), R};
+    // xg_ still holds the inputs the experts' backward reads, so dx gets its own buffer.
+    return {dyg, scratch_.grad.reserve(act_bytes(be_, R, hidden_)), h_.local_counts.data(), R};
   }
   const void* dispatch_backward() override {
     const int64_t R = h_.received_rows();
-    void* drecv = recv_.data();
-    be_.gather_rows(drecv, dxg_.data(), grouped_.as<int32_t>(), R, hidden_);
+    void* drecv = scratch_.recv.data();
+    be_.gather_rows(drecv, scratch_.grad.data(), grouped_.as<int32_t>(), R, hidden_);
     void* dxp = back_.reserve(act_bytes(be_, sent_rows(), hidden_));
     exchange(dxp, drecv, /*to_experts=*/false);
     return dxp;
@@ -178,20 +178,23 @@ class AllToAllDispatcher final : public TokenDispatcher {
   int64_t experts_, hidden_;
   parallel::Communicator& counts_group_;
   parallel::Communicator& rows_group_;
+  DispatchScratch& scratch_;
   ExchangePlan h_;
-  backend::Buffer grouped_, recv_, xg_, yg_, back_, dxg_;
+  backend::Buffer grouped_, xg_, back_;  // held from dispatch to the backward
 };
 
 }  // namespace
 
-std::unique_ptr<TokenDispatcher> make_local_dispatcher(backend::Backend& be, int64_t experts, int64_t hidden) {
-  return std::make_unique<LocalDispatcher>(be, experts, hidden);
+std::unique_ptr<TokenDispatcher> make_local_dispatcher(backend::Backend& be, int64_t experts, int64_t hidden,
+                                                       DispatchScratch& scratch) {
+  return std::make_unique<LocalDispatcher>(be, experts, hidden, scratch);
 }
 
 std::unique_ptr<TokenDispatcher> make_all_to_all_dispatcher(backend::Backend& be, int64_t experts, int64_t hidden,
                                                             parallel::Communicator& counts_group,
-                                                            parallel::Communicator& rows_group) {
-  return std::make_unique<AllToAllDispatcher>(be, experts, hidden, counts_group, rows_group);
+                                                            parallel::Communicator& rows_group,
+                                                            DispatchScratch& scratch) {
+  return std::make_unique<AllToAllDispatcher>(be, experts, hidden, counts_group, rows_group, scratch);
 }
 
 }  // namespace moekit::moe

@@ -63,14 +63,25 @@ struct ExpertIo {
   int64_t rows = 0;
 };
 
+// Buffers a dispatcher needs only within one call: one set serves the dispatchers of every MoE
+// layer of a model (they run one after the other), so their size is paid once, not per layer.
+struct DispatchScratch {
+  explicit DispatchScratch(backend::Backend& be) : recv(be), grouped(be), grad(be) {}
+  backend::Buffer recv;     // rows in received order
+  backend::Buffer grouped;  // expert outputs grouped by local expert (forward), dy (backward)
+  backend::Buffer grad;     // the experts' dx (backward)
+};
+
 class TokenDispatcher {
  public:
   virtual ~TokenDispatcher() = default;
   virtual int64_t local_experts() const = 0;
   // Forward. xp (R, H): this rank's rows in expert order; counts (E): rows per global expert
-  // (after dropping). Returns the experts' rows; the buffers stay valid until the next dispatch.
+  // (after dropping). Returns the experts' rows: `in` stays valid until this dispatcher's next
+  // dispatch (the experts' backward reads it), `out` until combine().
   virtual ExpertIo dispatch(const void* xp, const std::vector<int64_t>& counts) = 0;
-  // After the experts wrote dispatch()'s out: the outputs in this rank's plan order (R, H).
+  // After the experts wrote dispatch()'s out: the outputs in this rank's plan order (R, H),
+  // valid until this dispatcher's dispatch_backward() (the combine's backward reads them).
   virtual const void* combine() = 0;
   // Backward. dyp (R, H): the gradient of combine()'s output. Returns where the experts read dy
   // (in) and write dx (out), grouped as in the forward.
@@ -80,11 +91,13 @@ class TokenDispatcher {
 };
 
 // All `experts` on this rank.
-std::unique_ptr<TokenDispatcher> make_local_dispatcher(backend::Backend& be, int64_t experts, int64_t hidden);
+std::unique_ptr<TokenDispatcher> make_local_dispatcher(backend::Backend& be, int64_t experts, int64_t hidden,
+                                                       DispatchScratch& scratch);
 // Expert parallelism over `counts_group` (host memory) and `rows_group` (the backend's memory):
 // the same ranks in the same order, E / size experts each.
 std::unique_ptr<TokenDispatcher> make_all_to_all_dispatcher(backend::Backend& be, int64_t experts, int64_t hidden,
                                                             parallel::Communicator& counts_group,
-                                                            parallel::Communicator& rows_group);
+                                                            parallel::Communicator& rows_group,
+                                                            DispatchScratch& scratch);
 
 }  // namespace moekit::moe

@@ -79,7 +79,8 @@ TEST(TokenDispatcher, RankTaggedRoundTripForwardAndBackward) {
   const int64_t T = me.tokens;
 
   const LocalPlan lp = local_plan(me, E);
-  auto d = moe::make_all_to_all_dispatcher(backend::cpu(), E, H, ep, ep);
+  moe::DispatchScratch scratch(backend::cpu());
+  auto d = moe::make_all_to_all_dispatcher(backend::cpu(), E, H, ep, ep, scratch);
   EXPECT_EQ(d->local_experts(), El);
   const moe::ExpertIo io = d->dispatch(lp.xp.data(), lp.counts);
   const std::vector<int64_t> got_counts(io.counts, io.counts + El), off = offsets_of(io.counts, El);
@@ -161,7 +162,8 @@ TEST(TokenDispatcher, IdentityExpertsRestoreWeightedInput) {
   const int64_t T = me.tokens, H = kHidden, k = kTopk;
   const int64_t E = 3 * P;
   const LocalPlan lp = local_plan(me, E);
-  auto d = moe::make_all_to_all_dispatcher(backend::cpu(), E, H, ep, ep);
+  moe::DispatchScratch scratch(backend::cpu());
+  auto d = moe::make_all_to_all_dispatcher(backend::cpu(), E, H, ep, ep, scratch);
   const moe::ExpertIo io = d->dispatch(lp.xp.data(), lp.counts);
   std::copy(static_cast<const float*>(io.in), static_cast<const float*>(io.in) + io.rows * H,
             static_cast<float*>(io.out));

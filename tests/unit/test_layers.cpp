@@ -192,6 +192,7 @@ struct MoeFixture {
   backend::ScoreFunction score = backend::ScoreFunction::kSoftmax;
   bool bias = false;
   static model::Param param(std::vector<float>& w, std::vector<float>& g) { return {w.data(), g.data(), w.data()}; }
+  moe::MoeScratch scratch{backend::cpu()};
   std::unique_ptr<moe::MoeLayer> layer() {
     moe::MoeParams p;
     p.router = param(router, g_router);
@@ -210,7 +211,8 @@ struct MoeFixture {
     d.norm_topk = norm;
     d.score = score;
     d.expert_bias = bias;
-    return std::make_unique<moe::MoeLayer>(backend::cpu(), p, d, moe::make_local_dispatcher(backend::cpu(), E, D));
+    return std::make_unique<moe::MoeLayer>(backend::cpu(), p, d,
+                                           moe::make_local_dispatcher(backend::cpu(), E, D, scratch.dispatch), scratch);
   }
 };
 

@@ -195,8 +195,9 @@ TEST(TokenDispatcherLocal, AllToAllOnOneRankEqualsLocalDispatch) {
   auto xp = test::randn(R * H, 3, "xp"), dyp = test::randn(R * H, 3, "dyp");
   parallel::LocalCommunicator one("ep");
   backend::Backend& be = backend::cpu();
-  auto local = moe::make_local_dispatcher(be, E, H);
-  auto a2a = moe::make_all_to_all_dispatcher(be, E, H, one, one);
+  moe::DispatchScratch scratch(be);
+  auto local = moe::make_local_dispatcher(be, E, H, scratch);
+  auto a2a = moe::make_all_to_all_dispatcher(be, E, H, one, one, scratch);
   for (moe::TokenDispatcher* d : {local.get(), a2a.get()}) {
     const moe::ExpertIo io = d->dispatch(xp.data(), counts);
     ASSERT_EQ(io.rows, R);
