@@ -133,6 +133,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   Section ck(top.child("checkpoint"), "checkpoint", path);
   ck.get("every", &c.checkpoint.every);
   ck.get("keep", &c.checkpoint.keep);
+  ck.get("final", &c.checkpoint.final);
   ck.finish();
 
   Section par(top.child("parallel"), "parallel", path);
@@ -229,7 +230,8 @@ std::string run_config_to_yaml(const RunConfig& c) {
   e << YAML::Key << "router_bias_update_rate" << YAML::Value << c.moe.router_bias_update_rate << YAML::EndMap;
   e << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "every" << YAML::Value << c.checkpoint.every;
-  e << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep << YAML::EndMap;
+  e << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep;
+  e << YAML::Key << "final" << YAML::Value << c.checkpoint.final << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "ep" << YAML::Value << c.parallel.ep;
   e << YAML::Key << "zero1" << YAML::Value << c.parallel.zero1 << YAML::EndMap;

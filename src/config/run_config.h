@@ -54,6 +54,7 @@ struct MoeSection {
 
 struct CheckpointSection {
   int64_t every = 0;  // 0: only at the end (and on SIGTERM/SIGINT)
+  bool final = true;  // false: no checkpoint when the run ends (benchmarks), only every / signals
   int64_t keep = 3;
 };
 

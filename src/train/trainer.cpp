@@ -150,6 +150,7 @@ class Trainer {
  private:
   struct StepResult {
     double loss = 0, aux = 0, z = 0, grad_norm = 0;
+    int64_t dropped = 0;  // (token, slot) pairs dropped by moe.capacity_factor, global batch
     bool skipped = false;
   };
   void prepare_run_dir();
@@ -500,6 +501,7 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
     r.aux += chosen_aux(t, loss_.aux) / n_micro_;
     if (!std::isnan(t.z_loss)) r.z += t.z_loss / n_micro_;
     model_->backward();
+    r.dropped += model_->dropped_pairs();
     for (int64_t l = 0; l < static_cast<int64_t>(expert_counts_.size()); ++l) {
       const std::vector<int64_t>& c = model_->expert_counts()[l];
       for (size_t e = 0; e < c.size(); ++e) expert_counts_[l][e] += c[e];
@@ -512,10 +514,11 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
     double sums[3] = {r.loss, r.aux, r.z};
     ctx_.world->all_reduce(sums, 3, parallel::ReduceOp::kAvg);
     r.loss = sums[0], r.aux = sums[1], r.z = sums[2];
-    std::vector<int64_t> counts;
+    std::vector<int64_t> counts = {r.dropped};
     for (const auto& c : expert_counts_) counts.insert(counts.end(), c.begin(), c.end());
     ctx_.world->all_reduce(counts.data(), static_cast<int64_t>(counts.size()), parallel::ReduceOp::kSum);
-    size_t at = 0;
+    r.dropped = counts[0];
+    size_t at = 1;
     for (auto& c : expert_counts_)
       for (auto& v : c) v = counts[at++];
   }
@@ -656,6 +659,7 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds) {
          {"flops", static_cast<double>(tokens_) * flops_.train_flops_per_token()},
          {"skipped", r.skipped}};
   if (ocfg_.precision == optim::Precision::kFp16) j["loss_scale"] = scaler_->scale();
+  if (cfg_.moe.capacity_factor > 0) j["dropped"] = r.dropped;
   metrics_->write(j.dump());
   tb_->scalar("train/loss", step_, r.loss);
   if (mc_.is_moe()) tb_->scalar("train/aux_loss", step_, r.aux);
@@ -755,7 +759,7 @@ TrainSummary Trainer::run() {
   }
   if (!sum.interrupted) {
     if (cfg_.train.eval_every == 0 || step_ % cfg_.train.eval_every != 0) evaluate();
-    if (last_ckpt_step_ != step_) save_checkpoint();
+    if (cfg_.checkpoint.final && last_ckpt_step_ != step_) save_checkpoint();
   }
   if (tb_) tb_->flush();
   std::signal(SIGTERM, SIG_DFL);
