@@ -13,7 +13,6 @@
 
 namespace moekit::model {
 
-using backend::Gemm;
 using backend::GemmOp;
 
 AuxLossForm aux_loss_form_parse(const std::string& s) {
@@ -74,17 +73,6 @@ std::vector<moe::RouterStats> sum_over_ranks(const std::vector<moe::RouterStats>
   return global;
 }
 
-Gemm gemm_of(GemmOp op, int64_t m, int64_t n, int64_t k, DType ab, DType c, float beta = 0.f) {
-  Gemm g;
-  g.op = op;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.ab = ab;
-  g.c = c;
-  g.beta = beta;
-  return g;
-}
 }  // namespace
 
 void add_router_losses(const std::vector<moe::RouterStats>& stats, const config::ModelConfig& cfg,
@@ -321,7 +309,7 @@ void Model::attention_forward(Layer& L, void* y, int64_t B, int64_t S) {
   be_.rope(q, rope_cos_.as<float>(), rope_sin_.as<float>(), B, S, nh, d, false);
   be_.rope(k, rope_cos_.as<float>(), rope_sin_.as<float>(), B, S, nkv, d, false);
   be_.attention_forward(c, f32(L.saved, be_.attention_saved_floats(shape)), q, k, v, shape);
-  be_.gemm(gemm_of(GemmOp::kNT, T, H, qd, be_.compute_dtype(), be_.compute_dtype()), y, c, L.wo.c);
+  be_.gemm({GemmOp::kNT, T, H, qd, be_.compute_dtype(), be_.compute_dtype()}, y, c, L.wo.c);
 }
 
 void Model::attention_backward(Layer& L, void* dx, const void* dy, int64_t B, int64_t S) {
@@ -332,8 +320,8 @@ void Model::attention_backward(Layer& L, void* dx, const void* dy, int64_t B, in
   void* dq = act(dq_, T * qd);
   void* dk = act(dk_, T * kvd);
   void* dv = act(dv_, T * kvd);
-  be_.gemm(gemm_of(GemmOp::kTN, H, qd, T, ct, DType::kF32, 1.f), L.wo.g, dy, L.ctx.data());  // dWo += dy^T ctx
-  be_.gemm(gemm_of(GemmOp::kNN, T, qd, H, ct, ct), dctx, dy, L.wo.c);                          // dctx = dy Wo
+  be_.gemm({GemmOp::kTN, H, qd, T, ct, DType::kF32, 1.f, 1.f}, L.wo.g, dy, L.ctx.data());  // dWo += dy^T ctx
+  be_.gemm({GemmOp::kNN, T, qd, H, ct, ct}, dctx, dy, L.wo.c);                            // dctx = dy Wo
   be_.attention_backward(dq, dk, dv, dctx, L.ctx.data(), L.saved.as<float>(), L.q.data(), L.k.data(), L.v.data(),
                          {B, S, nh, nkv, d});
   // The rotation is orthogonal: its backward is the inverse rotation.
@@ -398,7 +386,7 @@ LossTerms Model::forward(const int64_t* inputs, const int64_t* targets, int64_t 
   // Head and loss. A training forward turns the logits into their gradient in place.
   be_.rmsnorm_forward(act(xn_final_, T * H), f32(rstd_final_, T), resid_.back().data(), final_norm_.w, T, H, eps);
   void* logits = act(logits_, T * V);
-  be_.gemm(gemm_of(GemmOp::kNT, T, V, H, be_.compute_dtype(), be_.compute_dtype()), logits, xn_final_.data(),
+  be_.gemm({GemmOp::kNT, T, V, H, be_.compute_dtype(), be_.compute_dtype()}, logits, xn_final_.data(),
            lm_head_.c);
   const float scale = out.targets > 0 ? 1.0f / static_cast<float>(out.targets) : 0.f;
   const double ce_sum = be_.cross_entropy(train ? logits : nullptr, logits, targets_.as<int64_t>(), T, V, scale);
@@ -433,8 +421,8 @@ void Model::backward() {
   void* dx = act(dx_, T * H);
   void* dh = act(dh_, T * H);
   // LM head and final norm: logits_ holds d loss / d logits.
-  be_.gemm(gemm_of(GemmOp::kTN, V, H, T, ct, DType::kF32, 1.f), lm_head_.g, logits_.data(), xn_final_.data());
-  be_.gemm(gemm_of(GemmOp::kNN, T, H, V, ct, ct), dmid, logits_.data(), lm_head_.c);
+  be_.gemm({GemmOp::kTN, V, H, T, ct, DType::kF32, 1.f, 1.f}, lm_head_.g, logits_.data(), xn_final_.data());
+  be_.gemm({GemmOp::kNN, T, H, V, ct, ct}, dmid, logits_.data(), lm_head_.c);
   be_.rmsnorm_backward(dx, final_norm_.g, dmid, resid_.back().data(), final_norm_.w, rstd_final_.as<float>(), T, H,
                        false);
   for (size_t li = layers_.size(); li-- > 0;) {

@@ -9,7 +9,6 @@
 
 namespace moekit::moe {
 
-using backend::Gemm;
 using backend::GemmOp;
 
 MoeLayer::MoeLayer(backend::Backend& be, MoeParams p, MoeDims d, std::unique_ptr<TokenDispatcher> dispatcher,
@@ -54,12 +53,8 @@ void MoeLayer::forward(void* y, const void* x, int64_t T, const MoeOptions& opt)
   const int64_t H = d_.hidden, E = d_.experts, k = d_.topk, Is = d_.shared_inter;
   tokens_ = T;
   // Router in f32 (DESIGN.md section 5): the normalised input widened, the f32 master weights.
-  Gemm g;
-  g.m = T;
-  g.n = E;
-  g.k = H;
   float* logits = f32(scratch_.logits, T * E);
-  be_.gemm(g, logits, router_input(x, T), p_.router.w);
+  be_.gemm({GemmOp::kNT, T, E, H}, logits, router_input(x, T), p_.router.w);
   be_.router_forward(f32(scores_, T * E), f32(lse_, T),
                      static_cast<int32_t*>(idx_.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1))),
                      f32(weights_, T * k), logits, d_.expert_bias ? bias_.as<float>() : nullptr, spec(), T);
@@ -90,12 +85,7 @@ void MoeLayer::forward(void* y, const void* x, int64_t T, const MoeOptions& opt)
   }
   void* s_out = act(s_out_, T * H);
   model::mlp_forward(be_, s_out, 0.f, s_gu, s_act, x, p_.shared_gate_up, p_.shared_down, T, H, Is);
-  Gemm gg;
-  gg.m = T;
-  gg.n = 1;
-  gg.k = H;
-  gg.ab = be_.compute_dtype();
-  be_.gemm(gg, f32(s_gate_, T), x, p_.shared_gate.c);  // gate logits in f32
+  be_.gemm({GemmOp::kNT, T, 1, H, be_.compute_dtype()}, f32(s_gate_, T), x, p_.shared_gate.c);  // gate logits, f32
   be_.sigmoid_gate_forward(y, s_gate_.as<float>(), s_out, T, H);
 }
 
@@ -138,40 +128,17 @@ void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vect
     dlog32 = f32(scratch_.logits, T * E);
     be_.to_f32(dlog32, dlog, T * E);
   }
-  Gemm g;
-  g.op = GemmOp::kTN;
-  g.m = E;
-  g.n = H;
-  g.k = T;
-  g.beta = 1.f;
-  be_.gemm(g, p_.router.g, dlog32, x32);  // dW_r += dz^T x
-  g.op = GemmOp::kNN;
-  g.m = T;
-  g.n = H;
-  g.k = E;
-  g.ab = be_.compute_dtype();
-  g.c = be_.compute_dtype();
-  be_.gemm(g, dx, dlog, p_.router.c);  // dx += dz W_r
+  const DType ct = be_.compute_dtype();
+  be_.gemm({GemmOp::kTN, E, H, T, DType::kF32, DType::kF32, 1.f, 1.f}, p_.router.g, dlog32, x32);  // dW_r += dz^T x
+  be_.gemm({GemmOp::kNN, T, H, E, ct, ct, 1.f, 1.f}, dx, dlog, p_.router.c);                       // dx += dz W_r
   if (!p_.shared_gate_up.w) return;
   const void* dys = dy;
   if (p_.shared_gate.w) {  // y += g s: ds = g dy, d(gate logit) = (dy . s) g (1 - g)
     void* dsh = act(scratch_.ds, T * H);
     void* da = act(scratch_.da, T);
     be_.sigmoid_gate_backward(dsh, da, dy, s_out_.data(), s_gate_.as<float>(), T, H);
-    Gemm gg;
-    gg.op = GemmOp::kTN;
-    gg.m = 1;
-    gg.n = H;
-    gg.k = T;
-    gg.ab = be_.compute_dtype();
-    gg.beta = 1.f;
-    be_.gemm(gg, p_.shared_gate.g, da, x);  // dw_sg += da^T x
-    gg.op = GemmOp::kNN;
-    gg.m = T;
-    gg.n = H;
-    gg.k = 1;
-    gg.c = be_.compute_dtype();
-    be_.gemm(gg, dx, da, p_.shared_gate.c);  // dx += da w_sg
+    be_.gemm({GemmOp::kTN, 1, H, T, ct, DType::kF32, 1.f, 1.f}, p_.shared_gate.g, da, x);  // dw_sg += da^T x
+    be_.gemm({GemmOp::kNN, T, H, 1, ct, ct, 1.f, 1.f}, dx, da, p_.shared_gate.c);          // dx += da w_sg
     dys = dsh;
   }
   model::mlp_backward(be_, dx, 1.f, p_.shared_gate_up, p_.shared_down, dys, x, s_gu_.data(), s_act_.data(),
