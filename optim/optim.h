@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
+
 namespace YAML { class Node; }
 
 namespace moekit::optim {
@@ -87,28 +89,30 @@ bool applies_weight_decay(const OptimConfig& c, const std::string& name);
 // value one decay step above it.
 double lr_at(const OptimConfig& c, int64_t step, int64_t total_steps);
 
-// One optimised tensor: a view into the model's ParamStore arenas.
+// One optimised tensor: a view into the model's ParamStore arenas (device memory of the
+// optimizer's backend).
 struct TensorRef {
-  std::string name;     // HF parameter name
-  float* w = nullptr;   // model weights (what forward reads)
-  float* g = nullptr;   // f32 gradient
+  std::string name;        // HF parameter name
+  float* w = nullptr;      // model weights, f32 (what forward reads)
+  float* g = nullptr;      // f32 gradient
   int64_t numel = 0;
+  void* compute = nullptr;  // the GEMM copy of w in a non-f32 compute dtype (bf16 devices), or null
 };
 
 // Sum of squared gradients in double (what a data/expert-parallel group all-reduces before the
-// square root). Deterministic whatever the thread count: fixed chunks of each tensor are summed
-// in double and the partial sums added in order. NaN/Inf propagate.
-double grad_sq_sum(const std::vector<TensorRef>& tensors);
+// square root), tensor by tensor in order, each in fixed chunks (backend::Backend::sum_squares):
+// the same bits whatever the thread count. NaN/Inf propagate.
+double grad_sq_sum(const std::vector<TensorRef>& tensors, backend::Backend& be = backend::cpu());
 // Global L2 norm of the gradients: sqrt(grad_sq_sum).
-double global_grad_norm(const std::vector<TensorRef>& tensors);
+double global_grad_norm(const std::vector<TensorRef>& tensors, backend::Backend& be = backend::cpu());
 // Multiply every gradient by `factor`.
-void scale_grads(const std::vector<TensorRef>& tensors, float factor);
+void scale_grads(const std::vector<TensorRef>& tensors, float factor, backend::Backend& be = backend::cpu());
 // torch.nn.utils.clip_grad_norm_'s factor: min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0
 // or norm is not finite (such a step is skipped, not clipped).
 double clip_coefficient(double norm, double max_norm);
 // Global-norm clipping: returns the norm before clipping and scales the gradients by
 // clip_coefficient(norm, max_norm) when that is below 1.
-double clip_grads(const std::vector<TensorRef>& tensors, double max_norm);
+double clip_grads(const std::vector<TensorRef>& tensors, double max_norm, backend::Backend& be = backend::cpu());
 
 // fp16 dynamic loss scaling: multiply the loss (its gradient seed) by scale(); after backward,
 // unscale, and update(found_nonfinite): on overflow the step is skipped and the scale backs off
@@ -145,49 +149,53 @@ class NanGuard {
   int64_t max_in_a_row_, in_a_row_ = 0, total_ = 0;
 };
 
-// A fixed piece [begin, end) of one tensor: the unit of work of the parallel loops, so that
-// results do not depend on the thread count.
-struct TensorChunk {
-  size_t tensor;
-  int64_t begin, end;
-};
-
 class AdamW {
  public:
-  // Takes the tensors it updates; with mixed precision it copies the current weights into the
-  // fp32 master arena (call after the model's weights are initialised or loaded), then rounds
-  // the model's weights to the compute dtype so both agree. Names must be unique.
-  AdamW(const OptimConfig& c, std::vector<TensorRef> tensors);
+  // Takes the tensors it updates (device memory of `be`). Where the masters live follows the
+  // precision model above:
+  //  - fp32: the model's weights are the masters;
+  //  - bf16/fp16 with f32 compute (the CPU): the optimizer keeps f32 masters (copied from the
+  //    weights: call after they are initialised or loaded) and writes the rounded values into
+  //    the model's weights after each update;
+  //  - bf16 with a bf16 compute copy (TensorRef::compute, a bf16 device model): the model's f32
+  //    weights are the masters and the rounded values go to the compute copy.
+  // Names must be unique.
+  AdamW(const OptimConfig& c, std::vector<TensorRef> tensors, backend::Backend& be = backend::cpu());
 
   const OptimConfig& config() const { return cfg_; }
   const std::vector<TensorRef>& tensors() const { return tensors_; }
   bool decays(size_t i) const { return decay_[i] != 0; }
+  backend::Backend& backend() const { return *be_; }
 
   // One update with learning rate `lr` (gradients already clipped/unscaled by the caller).
   // Bias correction uses the optimizer's own step counter, incremented here (PyTorch AdamW
   // semantics: p -= lr*wd*p; m,v update; p -= lr * mhat / (sqrt(vhat) + eps)), in f32 with the
-  // scalars formed in double as torch.optim.AdamW (foreach=False) does.
-  void step(double lr);
+  // scalars formed in double as torch.optim.AdamW (foreach=False) does. Returns the number of
+  // updated master weights that are not finite (0 in a healthy run; the trainer stops on any).
+  int64_t step(double lr);
   int64_t steps_taken() const { return t_; }
 
-  // State by tensor index, for checkpoints: master weights (the model weights when fp32), first
-  // and second moments, each numel floats.
+  // State by tensor index (device memory), for checkpoints: master weights (the model weights
+  // when they are the masters), first and second moments, each numel floats.
   float* master(size_t i);
-  float* exp_avg(size_t i) { return m_.data() + offset_[i]; }
-  float* exp_avg_sq(size_t i) { return v_.data() + offset_[i]; }
+  float* exp_avg(size_t i) { return m_.as<float>() + offset_[i]; }
+  float* exp_avg_sq(size_t i) { return v_.as<float>() + offset_[i]; }
   // After master weights and moments were overwritten (resume): set the step counter and
-  // refresh the model weights from the masters.
+  // refresh the model's compute weights from the masters.
   void restore(int64_t steps_taken);
 
  private:
   void sync_model_weights();
+  std::vector<backend::AdamWTensor> work() const;
 
   OptimConfig cfg_;
+  backend::Backend* be_;
   std::vector<TensorRef> tensors_;
   std::vector<uint8_t> decay_;
   std::vector<int64_t> offset_;
-  std::vector<TensorChunk> chunks_;
-  std::vector<float> master_, m_, v_;  // master_ empty when fp32
+  backend::RoundCopy copy_kind_ = backend::RoundCopy::kNone;
+  bool own_masters_ = false;
+  backend::Buffer master_, m_, v_;  // master_ unused unless own_masters_
   int64_t t_ = 0;
 };
 

@@ -14,11 +14,17 @@
 // after the sync (counted locally), expert gradients are identical within an edp group and
 // distinct across the ep group (summed over ep). parallel/ sees raw arenas (pointer, count) so
 // that it does not depend on the model.
+//
+// The arenas are memory of a backend; the collectives on them go over DeviceGroups (the MPI
+// groups on CPUs, NCCL on GPUs); the norm's partial sums come to the host and are combined over
+// the context's host groups.
 #pragma once
 
 #include <cstdint>
 
+#include "backend/backend.h"
 #include "parallel/bootstrap.h"
+#include "parallel/device_groups.h"
 
 namespace moekit::parallel {
 
@@ -29,14 +35,11 @@ struct GradArenas {
   int64_t expert_n = 0;
 };
 
-// Dense: average over ctx.world. Expert: sum over ctx.edp, times 1/W. No-op on one rank.
-void sync_gradients(const GradArenas& g, const ParallelContext& ctx);
+// Dense: average over the world. Expert: sum over edp, times 1/W. No-op on one rank.
+void sync_gradients(backend::Backend& be, const GradArenas& g, const ParallelContext& ctx, const DeviceGroups& groups);
 
 // After sync_gradients: sqrt(|dense|^2 + sum over the ep group of |local experts|^2), in
 // double, identical on every rank. NaN/Inf propagate (the caller's NaN policy decides).
-double global_grad_norm(const GradArenas& g, const ParallelContext& ctx);
-
-// Sum of squares in double (the local piece of a norm).
-double sum_squares(const float* x, int64_t n);
+double global_grad_norm(backend::Backend& be, const GradArenas& g, const ParallelContext& ctx);
 
 }  // namespace moekit::parallel

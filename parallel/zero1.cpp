@@ -51,8 +51,8 @@ std::vector<int64_t> counts_of(const std::vector<int64_t>& bounds) {
 }  // namespace
 
 Zero1::Zero1(std::vector<ArenaTensor> dense, int64_t dense_n, std::vector<ArenaTensor> expert, int64_t expert_n,
-             const ParallelContext& ctx)
-    : dense_(std::move(dense)), expert_(std::move(expert)), ctx_(ctx) {
+             const ParallelContext& ctx, backend::Backend& be, const DeviceGroups& groups)
+    : dense_(std::move(dense)), expert_(std::move(expert)), ctx_(ctx), be_(be), groups_(groups), scratch_(be) {
   dense_bounds_ = row_aligned_bounds(dense_, dense_n, ctx_.world->size());
   expert_bounds_ = row_aligned_bounds(expert_, expert_n, ctx_.edp->size());
   dense_count_ = counts_of(dense_bounds_);
@@ -67,23 +67,23 @@ void Zero1::reduce_gradients(const GradArenas& g) {
   auto reduce = [&](float* arena, const std::vector<int64_t>& bounds, const std::vector<int64_t>& counts,
                     Communicator& group) {
     const int r = group.rank();
-    scratch_.resize(static_cast<size_t>(counts[r]));
+    const size_t bytes = static_cast<size_t>(counts[r]) * sizeof(float);
+    float* tmp = static_cast<float*>(scratch_.reserve(bytes));
     // MPI forbids aliasing the input: reduce into scratch, then put the shard back in place.
-    group.reduce_scatter_v(scratch_.data(), arena, counts.data(), DataType::kF32, ReduceOp::kSum);
-    float* dst = arena + bounds[r];
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < counts[r]; ++i) dst[i] = scratch_[i] * s;
+    group.reduce_scatter_v(tmp, arena, counts.data(), DataType::kF32, ReduceOp::kSum);
+    be_.copy(arena + bounds[r], tmp, bytes);
+    be_.scale(arena + bounds[r], s, counts[r]);
   };
-  reduce(g.dense, dense_bounds_, dense_count_, *ctx_.world);
-  reduce(g.expert, expert_bounds_, expert_count_, *ctx_.edp);
+  reduce(g.dense, dense_bounds_, dense_count_, groups_.world());
+  reduce(g.expert, expert_bounds_, expert_count_, groups_.edp());
 }
 
 double Zero1::grad_norm(const GradArenas& g) const {
   // Dense shards partition the dense arena over the world; expert shards partition each ep
   // rank's experts over its edp group, and ep ranks hold different experts: summing every
   // rank's shard squares over the world counts each parameter exactly once.
-  double sq = sum_squares(g.dense + dense_bounds_[ctx_.world->rank()], dense_shard_numel()) +
-              sum_squares(g.expert + expert_bounds_[ctx_.edp->rank()], expert_shard_numel());
+  double sq = be_.sum_squares(g.dense + dense_bounds_[ctx_.world->rank()], dense_shard_numel()) +
+              be_.sum_squares(g.expert + expert_bounds_[ctx_.edp->rank()], expert_shard_numel());
   ctx_.world->all_reduce(&sq, 1, ReduceOp::kSum);
   return std::sqrt(sq);
 }
@@ -92,11 +92,13 @@ void Zero1::gather_weights(float* dense_w, float* expert_w) {
   auto gather = [&](float* arena, const std::vector<int64_t>& bounds, const std::vector<int64_t>& counts,
                     Communicator& group) {
     const int r = group.rank();
-    scratch_.assign(arena + bounds[r], arena + bounds[r + 1]);
-    group.all_gather_v(arena, scratch_.data(), counts.data(), DataType::kF32);
+    const size_t bytes = static_cast<size_t>(counts[r]) * sizeof(float);
+    float* tmp = static_cast<float*>(scratch_.reserve(bytes));
+    be_.copy(tmp, arena + bounds[r], bytes);
+    group.all_gather_v(arena, tmp, counts.data(), DataType::kF32);
   };
-  gather(dense_w, dense_bounds_, dense_count_, *ctx_.world);
-  gather(expert_w, expert_bounds_, expert_count_, *ctx_.edp);
+  gather(dense_w, dense_bounds_, dense_count_, groups_.world());
+  gather(expert_w, expert_bounds_, expert_count_, groups_.edp());
 }
 
 }  // namespace moekit::parallel

@@ -19,7 +19,9 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "parallel/bootstrap.h"
+#include "parallel/device_groups.h"
 #include "parallel/grad_sync.h"
 
 namespace moekit::parallel {
@@ -50,9 +52,10 @@ std::vector<ShardSlice> shard_slices(const std::vector<ArenaTensor>& tensors, in
 
 class Zero1 {
  public:
-  // Dense tensors shard over ctx.world, expert tensors over ctx.edp.
+  // Dense tensors shard over the world, expert tensors over edp; arenas are `be` memory and
+  // their shards move over `groups` (DeviceGroups: MPI on CPUs, NCCL on GPUs).
   Zero1(std::vector<ArenaTensor> dense, int64_t dense_n, std::vector<ArenaTensor> expert, int64_t expert_n,
-        const ParallelContext& ctx);
+        const ParallelContext& ctx, backend::Backend& be, const DeviceGroups& groups);
 
   // This rank's slices, dense then expert (what the optimizer updates and checkpoints store).
   const std::vector<ShardSlice>& dense_slices() const { return dense_slices_; }
@@ -74,9 +77,11 @@ class Zero1 {
  private:
   std::vector<ArenaTensor> dense_, expert_;
   const ParallelContext& ctx_;
+  backend::Backend& be_;
+  const DeviceGroups& groups_;
   std::vector<int64_t> dense_bounds_, expert_bounds_, dense_count_, expert_count_;
   std::vector<ShardSlice> dense_slices_, expert_slices_;
-  std::vector<float> scratch_;
+  backend::Buffer scratch_;
 };
 
 }  // namespace moekit::parallel

@@ -83,13 +83,10 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
   std::set<std::string> used;
   auto& P = model->params();
   for (const auto& spec : P.specs()) {
-    float* dst = P.get(spec.name).w;
-    const int64_t n = spec.numel();
     if (layout == HfLayout::kQwen2) {
       MOEKIT_CHECK(dir.has(spec.name), dir.dir(), ": missing tensor '", spec.name, "' (expected shape ",
                    shape_str(spec.shape), ")");
-      std::vector<float> v = dir.read_f32(spec.name, spec.shape);
-      std::memcpy(dst, v.data(), n * sizeof(float));
+      P.write(spec.name, dir.read_f32(spec.name, spec.shape).data());
       used.insert(spec.name);
       continue;
     }
@@ -98,8 +95,7 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
                  "')");
     used.insert(src.name);
     if (!src.slice) {
-      std::vector<float> v = dir.read_f32(src.name, spec.shape);
-      std::memcpy(dst, v.data(), n * sizeof(float));
+      P.write(spec.name, dir.read_f32(src.name, spec.shape).data());
       continue;
     }
     // c_attn: weight (qd + 2 kvd, H) or bias (qd + 2 kvd); take rows [row0, row0 + spec rows).
@@ -107,7 +103,7 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
     fused[0] = qd + 2 * kvd;
     std::vector<float> v = dir.read_f32(src.name, fused);
     const int64_t row = spec.shape.size() == 2 ? spec.shape[1] : 1;
-    std::memcpy(dst, v.data() + src.row0 * row, n * sizeof(float));
+    P.write(spec.name, v.data() + src.row0 * row);
   }
   // An expert-parallel rank reads only its own experts; the other ranks' experts are expected
   // in the directory and skipped (never read).
@@ -152,6 +148,15 @@ void save_hf_model(const model::Model& model, const std::string& dir, DType dtyp
   MOEKIT_CHECK(!model.config().is_moe() || model.config().shared_expert_gate, "cannot write '", dir,
                "': shared_expert_gate is false (an ungated, DeepSeekMoE-style shared expert), which "
                "transformers' Qwen2MoeForCausalLM cannot express (it always gates the shared expert)");
+  // Likewise the routing variants: Qwen2-MoE routes by softmax top-k without a selection bias.
+  MOEKIT_CHECK(!model.config().is_moe() || model.config().moe_router_score_function == "softmax", "cannot write '",
+               dir, "': moe_router_score_function is '", model.config().moe_router_score_function,
+               "', and transformers' Qwen2MoeForCausalLM routes by softmax scores only (evaluate this model with "
+               "moekit eval on its checkpoint)");
+  MOEKIT_CHECK(!model.config().is_moe() || !model.config().moe_router_enable_expert_bias, "cannot write '", dir,
+               "': the model routes with an aux-loss-free expert bias (moe_router_enable_expert_bias), which "
+               "transformers' Qwen2MoeForCausalLM has no place for: its routing would differ (evaluate this model "
+               "with moekit eval on its checkpoint)");
   const fs::path out(dir);
   MOEKIT_CHECK(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), "output directory '", dir,
                "' already exists and is not empty");
@@ -168,12 +173,15 @@ void save_hf_model(const model::Model& model, const std::string& dir, DType dtyp
     std::vector<std::vector<uint8_t>> converted;  // owns the non-f32 copies
     std::vector<TensorRef> refs;
     converted.reserve(P.specs().size());
+    std::vector<float> host;
     for (const auto& s : P.specs()) {
-      const float* src = P.values(s.expert) + s.offset;
-      const void* data = src;
-      if (dtype != DType::kF32) {
+      // Every tensor to host memory in the export type (the CPU model's own values at f32).
+      const void* data = P.backend().host_memory() ? P.values(s.expert) + s.offset : nullptr;
+      if (dtype != DType::kF32 || !data) {
+        host.resize(static_cast<size_t>(s.numel()));
+        P.read(s.name, host.data());
         converted.emplace_back(static_cast<size_t>(s.numel()) * dtype_size(dtype));
-        from_f32(converted.back().data(), dtype, src, static_cast<size_t>(s.numel()));
+        from_f32(converted.back().data(), dtype, host.data(), static_cast<size_t>(s.numel()));
         data = converted.back().data();
       }
       refs.push_back({s.name, dtype, s.shape, data});

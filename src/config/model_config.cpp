@@ -68,6 +68,8 @@ const std::vector<FieldSpec>& field_specs() {
       {"mlp_only_layers", &ModelConfig::mlp_only_layers, true},
       {"router_aux_loss_coef", &ModelConfig::router_aux_loss_coef, true},
       {"output_router_logits", &ModelConfig::output_router_logits, true},
+      {"moe_router_score_function", &ModelConfig::moe_router_score_function, true},
+      {"moe_router_enable_expert_bias", &ModelConfig::moe_router_enable_expert_bias, true},
   };
   return kSpecs;
 }
@@ -516,6 +518,8 @@ void ModelConfig::validate() const {
                  ") must be positive");
     MOEKIT_CHECK(router_aux_loss_coef >= 0, "router_aux_loss_coef (", router_aux_loss_coef,
                  ") must be non-negative");
+    MOEKIT_CHECK(moe_router_score_function == "softmax" || moe_router_score_function == "sigmoid",
+                 "moe_router_score_function '", moe_router_score_function, "' must be softmax or sigmoid");
     std::set<int64_t> seen;
     for (int64_t layer : mlp_only_layers) {
       MOEKIT_CHECK(layer >= 0 && layer < num_hidden_layers, "mlp_only_layers entry ", layer,
@@ -610,6 +614,8 @@ std::string model_config_to_hf_json(const ModelConfig& c) {
   // transformers' Qwen2MoeConfig has no such field (its shared expert is always gated): keep
   // the written config.json identical to HF's unless the gate is off.
   if (moe && c.shared_expert_gate) j.erase("shared_expert_gate");
+  if (moe && c.moe_router_score_function == "softmax") j.erase("moe_router_score_function");
+  if (moe && !c.moe_router_enable_expert_bias) j.erase("moe_router_enable_expert_bias");
   j["transformers_version"] = "4.40.0";
   j["use_cache"] = true;
   return j.dump(2) + "\n";

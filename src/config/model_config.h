@@ -48,6 +48,13 @@ struct ModelConfig {
   std::vector<int64_t> mlp_only_layers;
   double router_aux_loss_coef = 0.001;
   bool output_router_logits = false;
+  // Routing variants (Megatron-Core's names; not HF Qwen2MoeConfig fields: written to
+  // config.json only when not the default, and such models have no Qwen2-MoE export).
+  // "softmax" (Qwen2-MoE) or "sigmoid" (DeepSeek-V3) scores (moe/router_math.h).
+  std::string moe_router_score_function = "softmax";
+  // Aux-loss-free balancing (DeepSeek-V3): a per-expert selection bias, updated from the
+  // expert load by the trainer (run config moe.router_bias_update_rate).
+  bool moe_router_enable_expert_bias = false;
 
   bool is_moe() const { return model_type == "qwen2_moe" && num_experts > 0; }
   int64_t head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }

@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -124,9 +125,15 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   loss.get("z_coef", &c.loss.z_coef);
   loss.finish();
 
+  Section moe(top.child("moe"), "moe", path);
+  moe.get("capacity_factor", &c.moe.capacity_factor);
+  moe.get("router_bias_update_rate", &c.moe.router_bias_update_rate);
+  moe.finish();
+
   Section ck(top.child("checkpoint"), "checkpoint", path);
   ck.get("every", &c.checkpoint.every);
   ck.get("keep", &c.checkpoint.keep);
+  ck.get("final", &c.checkpoint.final);
   ck.finish();
 
   Section par(top.child("parallel"), "parallel", path);
@@ -173,6 +180,13 @@ void RunConfig::validate(int world_size) const {
   MOEKIT_CHECK(loss.aux == "none" || loss.aux == "hf_pooled" || loss.aux == "switch" || loss.aux == "global_batch", w,
                ": loss.aux '", loss.aux, "' must be one of none, hf_pooled, switch, global_batch");
   MOEKIT_CHECK(loss.z_coef >= 0, w, ": loss.z_coef must be >= 0, got ", loss.z_coef);
+  MOEKIT_CHECK(loss.z_coef == 0 || model_config.moe_router_score_function == "softmax", w,
+               ": loss.z_coef needs softmax router scores (the model's moe_router_score_function is '",
+               model_config.moe_router_score_function, "')");
+  MOEKIT_CHECK(std::isfinite(moe.capacity_factor) && moe.capacity_factor >= 0, w,
+               ": moe.capacity_factor must be >= 0 (0: dropless), got ", moe.capacity_factor);
+  MOEKIT_CHECK(std::isfinite(moe.router_bias_update_rate) && moe.router_bias_update_rate >= 0, w,
+               ": moe.router_bias_update_rate must be >= 0, got ", moe.router_bias_update_rate);
   MOEKIT_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, w,
                ": checkpoint.every must be >= 0 and checkpoint.keep >= 1");
   MOEKIT_CHECK(parallel.ep >= 1, w, ": parallel.ep must be >= 1, got ", parallel.ep);
@@ -211,9 +225,13 @@ std::string run_config_to_yaml(const RunConfig& c) {
   e << YAML::Key << "aux" << YAML::Value << c.loss.aux;
   e << YAML::Key << "aux_coef" << YAML::Value << c.loss.aux_coef;
   e << YAML::Key << "z_coef" << YAML::Value << c.loss.z_coef << YAML::EndMap;
+  e << YAML::Key << "moe" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "capacity_factor" << YAML::Value << c.moe.capacity_factor;
+  e << YAML::Key << "router_bias_update_rate" << YAML::Value << c.moe.router_bias_update_rate << YAML::EndMap;
   e << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "every" << YAML::Value << c.checkpoint.every;
-  e << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep << YAML::EndMap;
+  e << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep;
+  e << YAML::Key << "final" << YAML::Value << c.checkpoint.final << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "ep" << YAML::Value << c.parallel.ep;
   e << YAML::Key << "zero1" << YAML::Value << c.parallel.zero1 << YAML::EndMap;

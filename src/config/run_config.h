@@ -33,7 +33,7 @@ struct TrainLoopConfig {
   int64_t eval_every = 0;    // 0: only at the end
   int64_t eval_batches = 4;  // validation windows = eval_batches * micro_batch_size
   double peak_flops = 0;     // for MFU; 0: measure this machine's f32 GEMM rate at start
-  std::string device = "cpu";  // cpu | cuda (train/device_step.h: one GPU per rank)
+  std::string device = "cpu";  // cpu | cuda (backend/backend.h: one GPU per rank)
 };
 
 struct LossSection {
@@ -42,8 +42,19 @@ struct LossSection {
   double z_coef = 0.0;
 };
 
+// MoE routing at training time (docs/TRAINING.md).
+struct MoeSection {
+  // <= 0: dropless. Otherwise each expert serves at most ceil(factor * T * k / E) of a
+  // micro-batch's (token, slot) pairs, in token order; the rest are dropped (moe/moe_layer.h).
+  double capacity_factor = 0.0;
+  // Aux-loss-free balancing (models with moe_router_enable_expert_bias): after each step every
+  // expert's selection bias moves by this much towards balance (DeepSeek-V3's u).
+  double router_bias_update_rate = 1e-3;
+};
+
 struct CheckpointSection {
   int64_t every = 0;  // 0: only at the end (and on SIGTERM/SIGINT)
+  bool final = true;  // false: no checkpoint when the run ends (benchmarks), only every / signals
   int64_t keep = 3;
 };
 
@@ -63,6 +74,7 @@ struct RunConfig {
   DataConfig data;
   TrainLoopConfig train;
   LossSection loss;
+  MoeSection moe;
   CheckpointSection checkpoint;
   ParallelSection parallel;
   std::string optim_yaml = "{}";  // the optim: section, parsed by optim::OptimConfig

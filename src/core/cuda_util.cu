@@ -53,6 +53,10 @@ void note_alloc(int64_t bytes) {
 }  // namespace
 
 int64_t allocated_bytes() { return g_allocated.load(); }
+void track_allocated_bytes(int64_t delta) {
+  if (delta > 0) note_alloc(delta);
+  else g_allocated.fetch_add(delta);
+}
 int64_t peak_allocated_bytes() { return g_peak.load(); }
 void reset_peak_allocated_bytes() { g_peak.store(g_allocated.load()); }
 
@@ -98,7 +102,10 @@ Context::Context(int device) {
   if (device < 0) MOEKIT_CUDA_CHECK(cudaGetDevice(&device));
   device_ = device;
   MOEKIT_CUDA_CHECK(cudaSetDevice(device_));
-  MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  // A blocking stream: work on it is ordered with the legacy default stream, so the blocking
+  // host copies of DeviceArray (tests, set-up) see every kernel issued before them and kernels
+  // see every copy issued before them. The backend's own copies are stream-ordered as well.
+  MOEKIT_CUDA_CHECK(cudaStreamCreate(&stream_));
   MOEKIT_CUBLAS_CHECK(cublasCreate(&cublas_));
   MOEKIT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
   workspace_ = DeviceBuffer(kCublasWorkspaceBytes);

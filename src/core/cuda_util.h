@@ -55,6 +55,8 @@ namespace moekit::cuda {
 int64_t allocated_bytes();
 int64_t peak_allocated_bytes();
 void reset_peak_allocated_bytes();
+// Adds `delta` bytes to the count (cudaMalloc / cudaFree done outside DeviceBuffer).
+void track_allocated_bytes(int64_t delta);
 
 // Owning device allocation (cudaMalloc), movable. Zero bytes is a valid, null buffer.
 class DeviceBuffer {

@@ -3,10 +3,12 @@
 // l, l + 32, ... of a head vector (head_dim up to 256); a dot product is a lane-local sum plus a
 // warp reduction, so every lane sees every score. Scores and softmax statistics are f32.
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/attention_cuda.h"
 #include "kernels/cuda_types.cuh"
 #include "kernels/gemm_cuda.h"
+#include "kernels/kernels_cuda.h"
 
 namespace moekit::kernels {
 
@@ -277,17 +279,29 @@ void gemm_backward(const cuda::Context& ctx, AttnWorkspace* ws, T* dq, T* dk, T*
   reserve_workspace(ws, s, &sc, &pr);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const DType t = act_dtype<T>();
+  // dK and dV sum over the G query heads of a kv head (beta = 1 after the first): in bf16 each
+  // partial sum would be rounded, so a bf16 model accumulates them in f32 and rounds once.
+  constexpr bool kWiden = !std::is_same_v<T, float>;
+  float* dk32 = nullptr;
+  float* dv32 = nullptr;
+  if (kWiden) {
+    ws->dkv32.reserve(static_cast<size_t>(2 * S * ldk) * sizeof(float));
+    dk32 = static_cast<float*>(ws->dkv32.data());
+    dv32 = dk32 + S * ldk;
+  }
+  const DType acc = kWiden ? DType::kF32 : t;
   for (int64_t b = 0; b < s.batch; ++b) {
     SeqGemms sg{ctx, s, t, b};
+    void* dkb = kWiden ? static_cast<void*>(dk32) : static_cast<void*>(dk + b * S * ldk);
+    void* dvb = kWiden ? static_cast<void*>(dv32) : static_cast<void*>(dv + b * S * ldk);
     for (int64_t g = 0; g < G; ++g) sg.scores(sc, q, ldq, 1, k, scale, g);
     attn_probs_from_lse_kernel<T><<<static_cast<unsigned>(H * S), 256, 0, ctx.stream()>>>(pr, lse + b * H * S, sc, S);
     MOEKIT_CUDA_LAUNCHED("attention_backward.probs", ctx.stream());
     const T* dob = dout + b * S * ldq;
     for (int64_t g = 0; g < G; ++g) {
       // dV_kvh (+)= P_h^T dO_h
-      GemmArgs a{GemmOp::kTN, S, d, S, t, t, 1.f, g > 0 ? 1.f : 0.f, S, ldq, ldk};
-      strided_batched_gemm_cuda(ctx, a, s.kv_heads, dv + b * S * ldk, d, pr + g * S * S, G * S * S, dob + g * d,
-                                G * d);
+      GemmArgs a{GemmOp::kTN, S, d, S, t, acc, 1.f, g > 0 ? 1.f : 0.f, S, ldq, ldk};
+      strided_batched_gemm_cuda(ctx, a, s.kv_heads, dvb, d, pr + g * S * S, G * S * S, dob + g * d, G * d);
       // dP_h = dO_h V_kvh^T (f32, over the scores)
       sg.scores(sc, dout, ldq, 1, v, 1.f, g);
     }
@@ -298,9 +312,13 @@ void gemm_backward(const cuda::Context& ctx, AttnWorkspace* ws, T* dq, T* dk, T*
       GemmArgs aq{GemmOp::kNN, S, d, S, t, t, 1.f, 0.f, S, ldk, ldq};  // dQ_h = dS_h K_kvh
       strided_batched_gemm_cuda(ctx, aq, s.kv_heads, dq + b * S * ldq + g * d, G * d, pr + g * S * S, G * S * S,
                                 k + b * S * ldk, d);
-      GemmArgs ak{GemmOp::kTN, S, d, S, t, t, 1.f, g > 0 ? 1.f : 0.f, S, ldq, ldk};  // dK_kvh (+)= dS_h^T Q_h
-      strided_batched_gemm_cuda(ctx, ak, s.kv_heads, dk + b * S * ldk, d, pr + g * S * S, G * S * S,
-                                q + b * S * ldq + g * d, G * d);
+      GemmArgs ak{GemmOp::kTN, S, d, S, t, acc, 1.f, g > 0 ? 1.f : 0.f, S, ldq, ldk};  // dK_kvh (+)= dS_h^T Q_h
+      strided_batched_gemm_cuda(ctx, ak, s.kv_heads, dkb, d, pr + g * S * S, G * S * S, q + b * S * ldq + g * d,
+                                G * d);
+    }
+    if constexpr (kWiden) {
+      f32_to_bf16_cuda(ctx, dk + b * S * ldk, dk32, S * ldk);
+      f32_to_bf16_cuda(ctx, dv + b * S * ldk, dv32, S * ldk);
     }
   }
 }

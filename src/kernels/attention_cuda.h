@@ -35,6 +35,8 @@ enum class AttnImpl { kGemm, kPlain };
 struct AttnWorkspace {
   cuda::DeviceBuffer scores;  // (H, S, S) f32: scores, then dP in the backward
   cuda::DeviceBuffer probs;   // (H, S, S) T: probabilities, then dS in the backward
+  cuda::DeviceBuffer dkv32;   // (2, S, Hkv*d) f32: a sequence's dK and dV summed over the query
+                              // heads of each group before one rounding to bf16
 };
 
 // out (B*S, H*d); lse (B, H, S) f32, saved for the backward. ws may be null for kPlain.

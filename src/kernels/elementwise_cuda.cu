@@ -82,6 +82,22 @@ __global__ void scale_kernel(float* x, float factor, int64_t n) {
   GRID_STRIDE(i, n) { x[i] *= factor; }
 }
 
+__global__ void count_nonfinite_kernel(unsigned long long* count, const float* x, int64_t n) {
+  unsigned long long mine = 0;
+  GRID_STRIDE(i, n) { mine += isfinite(x[i]) ? 0 : 1; }
+  if (mine) atomicAdd(count, mine);
+}
+
+__global__ void round_through_f16_kernel(unsigned long long* overflow, float* x, float s, int64_t n) {
+  unsigned long long mine = 0;
+  GRID_STRIDE(i, n) {
+    const float h = f16_to_f32(f32_to_f16(x[i] * s));
+    mine += isfinite(h) ? 0 : 1;
+    x[i] = h / s;
+  }
+  if (mine) atomicAdd(overflow, mine);
+}
+
 // One block per token: g = sigmoid(a) in place, y += g * s.
 template <typename T>
 __global__ void sigmoid_gate_forward_kernel(T* y, float* gate, const T* s, int64_t H) {
@@ -192,6 +208,18 @@ void scale_cuda(const Context& ctx, float* x, float factor, int64_t n) {
   if (n == 0) return;
   scale_kernel<<<cuda::grid_for(n), kThreads, 0, ctx.stream()>>>(x, factor, n);
   MOEKIT_CUDA_LAUNCHED("scale", ctx.stream());
+}
+
+void count_nonfinite_cuda(const Context& ctx, unsigned long long* count, const float* x, int64_t n) {
+  if (n == 0) return;
+  count_nonfinite_kernel<<<cuda::grid_for(n), kThreads, 0, ctx.stream()>>>(count, x, n);
+  MOEKIT_CUDA_LAUNCHED("count_nonfinite", ctx.stream());
+}
+
+void round_through_f16_cuda(const Context& ctx, unsigned long long* overflow, float* x, float s, int64_t n) {
+  if (n == 0) return;
+  round_through_f16_kernel<<<cuda::grid_for(n), kThreads, 0, ctx.stream()>>>(overflow, x, s, n);
+  MOEKIT_CUDA_LAUNCHED("round_through_f16", ctx.stream());
 }
 
 template <typename T>

@@ -77,6 +77,11 @@ void sum_cuda(const Context& ctx, double* out, const float* x, int64_t n);
 void sum_squares_cuda(const Context& ctx, double* out, const float* x, int64_t n);
 // x (n) *= factor
 void scale_cuda(const Context& ctx, float* x, float factor, int64_t n);
+// *count (device u64) += number of elements of x (n) that are NaN or +-Inf.
+void count_nonfinite_cuda(const Context& ctx, unsigned long long* count, const float* x, int64_t n);
+// x (n) <- f16(x * s) / s (round to nearest even, core/half.h); *overflow (device u64) += the
+// rounded values that are not finite.
+void round_through_f16_cuda(const Context& ctx, unsigned long long* overflow, float* x, float s, int64_t n);
 
 // ---- Gated shared expert: y (T, H) += sigmoid(a_t) * s (T, H) ----
 // gate (T) receives sigmoid(a) (a = x . w_sg, from a GEMM into gate), in place.

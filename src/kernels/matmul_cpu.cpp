@@ -1,6 +1,9 @@
-// BLAS-backed products (EIGEN_USE_BLAS here only) and single-threaded strided products
-// (Eigen's own GEMM, in matmul_st_cpu.cpp, which is compiled without EIGEN_USE_BLAS).
+// BLAS-backed products (EIGEN_USE_BLAS here only, in builds with MOEKIT_BLAS) and
+// single-threaded strided products (Eigen's own GEMM, in matmul_st_cpu.cpp, which is compiled
+// without EIGEN_USE_BLAS). Without BLAS (the GPU bundle) Eigen computes these too.
+#ifdef MOEKIT_USE_BLAS
 #define EIGEN_USE_BLAS
+#endif
 #include <Eigen/Core>
 
 #include "kernels/matmul.h"

@@ -1,45 +1,44 @@
 #include "model/mlp.h"
 
-#include "kernels/matmul.h"
-#include "kernels/swiglu.h"
-
 namespace moekit::model {
 
-using namespace moekit::kernels;
+using backend::GemmOp;
 
-namespace {
-// y = beta*y + a b^T, with a (m,k), b (n,k): packed rows, BLAS or serial Eigen.
-void nt(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k, float beta, bool serial) {
-  if (serial) matmul_nt_st(c, n, a, k, b, k, m, n, k, beta, 1.f);
-  else matmul_nt(c, a, b, m, n, k, beta);
-}
-void nn(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k, float beta, bool serial) {
-  if (serial) matmul_nn_st(c, n, a, k, b, n, m, n, k, beta, 1.f);
-  else matmul_nn(c, a, b, m, n, k, beta);
-}
-void tn(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k, float beta, bool serial) {
-  if (serial) matmul_tn_st(c, n, a, m, b, n, m, n, k, beta, 1.f);
-  else matmul_tn(c, a, b, m, n, k, beta);
-}
-}  // namespace
+// Every GEMM here reads A and B in the compute type and writes C in it, except the weight
+// gradients, which accumulate in f32 (beta 1).
 
-void mlp_forward(float* y, float beta, float* gu, float* act, const float* x, const MlpWeights& w, int64_t rows,
-                 int64_t hidden, int64_t inter, bool serial) {
-  nt(gu, x, w.gate_up, rows, 2 * inter, hidden, 0.f, serial);  // (T, 2I)
-  swiglu_forward(act, gu, rows, inter);                        // (T, I)
-  nt(y, act, w.down, rows, hidden, inter, beta, serial);       // (T, H)
+void linear_forward(backend::Backend& be, void* y, const void* x, const Param& w, const Param& b, int64_t rows,
+                    int64_t out, int64_t in) {
+  const DType ct = be.compute_dtype();
+  be.gemm({GemmOp::kNT, rows, out, in, ct, ct}, y, x, w.c);
+  if (b.w) be.add_bias(y, b.w, rows, out);
 }
 
-void mlp_backward(float* dx, float beta, const MlpGrads& g, const float* dy, const float* x, const float* gu,
-                  const float* act, const MlpWeights& w, int64_t rows, int64_t hidden, int64_t inter, float* scratch,
-                  bool serial) {
-  float* dact = scratch;                 // (T, I)
-  float* dgu = scratch + rows * inter;   // (T, 2I)
-  nn(dact, dy, w.down, rows, inter, hidden, 0.f, serial);       // dact = dy W_down
-  tn(g.down, dy, act, hidden, inter, rows, 1.f, serial);        // dW_down += dy^T act
-  swiglu_backward(dgu, dact, gu, rows, inter);
-  tn(g.gate_up, dgu, x, 2 * inter, hidden, rows, 1.f, serial);  // dW_gu += dgu^T x
-  nn(dx, dgu, w.gate_up, rows, hidden, 2 * inter, beta, serial);  // dx = dgu W_gu
+void linear_backward(backend::Backend& be, void* dx, float beta, const Param& w, const Param& b, const void* dy,
+                     const void* x, int64_t rows, int64_t out, int64_t in) {
+  const DType ct = be.compute_dtype();
+  be.gemm({GemmOp::kTN, out, in, rows, ct, DType::kF32, 1.f, 1.f}, w.g, dy, x);  // dW += dy^T x
+  if (b.w) be.bias_grad(b.g, dy, rows, out);
+  be.gemm({GemmOp::kNN, rows, in, out, ct, ct, 1.f, beta}, dx, dy, w.c);  // dx = beta dx + dy W
+}
+
+void mlp_forward(backend::Backend& be, void* y, float beta, void* gu, void* act, const void* x, const Param& gate_up,
+                 const Param& down, int64_t rows, int64_t H, int64_t I) {
+  const DType ct = be.compute_dtype();
+  be.gemm({GemmOp::kNT, rows, 2 * I, H, ct, ct}, gu, x, gate_up.c);       // (T, 2I)
+  be.swiglu_forward(act, gu, rows, I);                                  // (T, I)
+  be.gemm({GemmOp::kNT, rows, H, I, ct, ct, 1.f, beta}, y, act, down.c);  // (T, H)
+}
+
+void mlp_backward(backend::Backend& be, void* dx, float beta, const Param& gate_up, const Param& down, const void* dy,
+                  const void* x, const void* gu, const void* act, void* dact, void* dgu, int64_t rows, int64_t H,
+                  int64_t I) {
+  const DType ct = be.compute_dtype();
+  be.gemm({GemmOp::kNN, rows, I, H, ct, ct}, dact, dy, down.c);                        // dact = dy W_down
+  be.gemm({GemmOp::kTN, H, I, rows, ct, DType::kF32, 1.f, 1.f}, down.g, dy, act);       // dW_down += dy^T act
+  be.swiglu_backward(dgu, dact, gu, rows, I);
+  be.gemm({GemmOp::kTN, 2 * I, H, rows, ct, DType::kF32, 1.f, 1.f}, gate_up.g, dgu, x);  // dW_gu += dgu^T x
+  be.gemm({GemmOp::kNN, rows, H, 2 * I, ct, ct, 1.f, beta}, dx, dgu, gate_up.c);        // dx = beta dx + dgu W_gu
 }
 
 }  // namespace moekit::model

@@ -1,5 +1,7 @@
-// The Qwen2 / Qwen2-MoE causal LM on the CPU: parameters by HF name, forward with the loss,
-// backward into the gradient arena. Forward keeps every activation its backward needs.
+// The Qwen2 / Qwen2-MoE causal LM, written once over a backend (backend/backend.h): parameters
+// by HF name, forward with the loss, backward into the gradient arena. The CPU backend runs it
+// in f32 (the reference that matches transformers); the CUDA backend in f32 or bf16 over the
+// same code. Forward keeps every activation its backward needs.
 //   embed -> [x + attn(norm(x)) ; h + mlp_or_moe(norm(h))] x L -> norm -> lm_head -> CE (+ aux)
 #pragma once
 
@@ -9,8 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "config/model_config.h"
-#include "model/attention_layer.h"
 #include "model/params.h"
 #include "moe/moe_layer.h"
 #include "parallel/communicator.h"
@@ -43,10 +45,13 @@ struct LossTerms {
 // The process groups a model runs over (none owned; all optional). With ep of size P > 1 the
 // model holds only experts [ep->rank() * E/P, (ep->rank() + 1) * E/P) of every MoE layer, under
 // their global HF names, and every rank of the ep group must call forward/backward together.
-// dp (all data-parallel ranks) is used only by the global-batch aux loss.
+// ep carries the per-expert row counts (host memory); ep_rows, when set, carries the token rows
+// (memory of the model's backend: the NCCL mirror of ep on GPUs; ep itself when null). dp (all
+// data-parallel ranks, host) is used only by the global-batch aux loss.
 struct ModelParallel {
   parallel::Communicator* dp = nullptr;
   parallel::Communicator* ep = nullptr;
+  parallel::Communicator* ep_rows = nullptr;
   int ep_size() const { return ep ? ep->size() : 1; }
   int ep_rank() const { return ep ? ep->rank() : 0; }
 };
@@ -60,61 +65,88 @@ ExpertRange expert_range(const config::ModelConfig& cfg, int ep_rank, int ep_siz
 
 class Model {
  public:
-  explicit Model(const config::ModelConfig& cfg, const ModelParallel& par = {});
+  explicit Model(const config::ModelConfig& cfg, const ModelParallel& par = {}, backend::Backend& be = backend::cpu());
   ~Model();
 
   const config::ModelConfig& config() const { return cfg_; }
   const ModelParallel& parallel() const { return par_; }
   const ExpertRange& experts_held() const { return experts_; }
+  backend::Backend& backend() const { return be_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
+  // Run-time MoE settings (capacity factor); dropless by default.
+  void set_moe_options(const moe::MoeOptions& o) { moe_opt_ = o; }
 
-  // inputs, targets: (B, S) token ids; a target < 0 is not counted. Keeps activations for
+  // inputs, targets: (B, S) host token ids; a target < 0 is not counted. Keeps activations for
   // backward() when `train` is set. Token ids outside [0, vocab) are an error.
   LossTerms forward(const int64_t* inputs, const int64_t* targets, int64_t batch, int64_t seq,
                     const LossConfig& loss, bool train = true);
-  // Logits (B*S, V) of the last forward.
-  const std::vector<float>& logits() const { return logits_; }
-  // Per-layer router state of the last forward (MoE layers only; empty entries for dense).
-  const moe::RouterState* router_state(int64_t layer) const;
+  // Logits (B*S, V) of the last forward, on the host. Needs forward(train = false): a training
+  // forward overwrites the logits with their gradient.
+  std::vector<float> logits() const;
   // d total / d params, accumulated into params().grads(). Requires forward(train=true).
   void backward();
+
+  // Per layer (empty for dense layers): (token, slot) pairs the router sent to each expert in
+  // the last forward, before any capacity dropping (host).
+  const std::vector<std::vector<int64_t>>& expert_counts() const { return counts_; }
+  // Pairs dropped by the capacity factor in the last forward, over all MoE layers.
+  int64_t dropped_pairs() const;
+
+  // Aux-loss-free balancing (moe_router_enable_expert_bias): the selection bias per MoE layer
+  // (layer index -> E values; empty entries for dense layers). update_expert_bias applies one
+  // step of DeepSeek-V3's rule from the step's expert load over the global batch:
+  // b_e += rate * sign(mean_e load - load_e).
+  std::vector<std::vector<float>> expert_bias() const;
+  void set_expert_bias(const std::vector<std::vector<float>>& bias);
+  void update_expert_bias(const std::vector<std::vector<int64_t>>& load, double rate);
 
  private:
   struct Layer;
   void bind_layers();
+  void attention_forward(Layer& L, void* y, int64_t B, int64_t S);
+  void attention_backward(Layer& L, void* dx, const void* dy, int64_t B, int64_t S);
+  void* act(backend::Buffer& b, int64_t n);
+  float* f32(backend::Buffer& b, int64_t n);
 
   config::ModelConfig cfg_;
   ModelParallel par_;
+  backend::Backend& be_;
+  size_t esz_;
   ExpertRange experts_;
   ParamStore params_;
+  std::unique_ptr<moe::MoeScratch> moe_scratch_;  // shared by the MoE layers (outlives them)
   std::vector<std::unique_ptr<Layer>> layers_;
   Param embed_, final_norm_, lm_head_;
-  // Activations of the last forward.
-  int64_t batch_ = 0, seq_ = 0;
-  bool have_cache_ = false;
-  std::vector<int64_t> inputs_;
-  std::vector<float> rope_cos_, rope_sin_;
-  int64_t rope_len_ = 0;
-  std::vector<float> x_final_, xn_final_, rstd_final_, logits_, dlogits_;
+  moe::MoeOptions moe_opt_;
+  std::vector<std::vector<int64_t>> counts_;
+  // Inputs and activations of the last forward.
+  int64_t batch_ = 0, seq_ = 0, rope_len_ = 0;
+  bool have_cache_ = false, have_logits_ = false;
+  backend::Buffer ids_, targets_, rope_cos_, rope_sin_;
+  std::vector<backend::Buffer> resid_;  // (L + 1) residual streams (T, H): layer l reads resid_[l]
+  backend::Buffer xn_final_, rstd_final_, logits_;
   // Router-loss gradients per MoE layer, set by forward.
-  std::vector<std::vector<float>> dprob_;
+  std::vector<std::vector<float>> dscore_;
   std::vector<float> z_scale_;
+  // Scratch: reused within one op sequence, never across forward/backward.
+  backend::Buffer attn_out_, mlp_out_, dx_, dh_, dmid_, scr_a_, scr_b_, dq_, dk_, dv_;
 };
 
 // The router losses of one forward from its per-MoE-layer statistics (in layer order): fills
 // out->aux_hf, aux_switch, z_loss (and aux_global when chosen; its statistics are summed over
 // `dp`), adds the chosen terms to out->total, and writes each layer's gradient on the router
-// probabilities (dprob, per expert) and z-loss scale for the backward. No-op without MoE layers.
-// Shared by the CPU and GPU models.
+// scores (dscore, per expert) and z-loss scale for the backward. No-op without MoE layers.
 void add_router_losses(const std::vector<moe::RouterStats>& stats, const config::ModelConfig& cfg,
                        const LossConfig& loss, parallel::Communicator* dp, LossTerms* out,
-                       std::vector<std::vector<float>>* dprob, std::vector<float>* z_scale);
+                       std::vector<std::vector<float>>* dscore, std::vector<float>* z_scale);
 
 // Declare every parameter of `cfg` (HF names, shapes, init kinds) without allocating; of the
 // routed experts only those in `experts`.
 void declare_model_params(const config::ModelConfig& cfg, ParamStore* store, const ExpertRange& experts = {});
 // Names of all parameters in HF order (embed, layers, norm, lm_head unless tied).
 std::vector<std::string> parameter_names(const config::ModelConfig& cfg);
+// HF-style name of a MoE layer's expert-bias buffer (checkpoints store it beside the parameters).
+std::string expert_bias_name(int64_t layer);
 
 }  // namespace moekit::model

@@ -19,15 +19,24 @@ void ParamStore::declare(const std::string& name, Shape shape, ParamInit init, b
   specs_.push_back(std::move(s));
 }
 
-void ParamStore::finalize() {
-  int64_t next[2] = {0, 0};
+void ParamStore::finalize(backend::Backend& be) {
+  MOEKIT_CHECK(!finalized_, "ParamStore: finalize() called twice");
+  be_ = &be;
   for (auto& s : specs_) {
-    s.offset = next[s.expert];
-    next[s.expert] += s.numel();
+    s.offset = numel_[s.expert];
+    numel_[s.expert] += s.numel();
   }
+  const DType ct = be.compute_dtype();
   for (int a = 0; a < 2; ++a) {
-    values_[a].assign(static_cast<size_t>(next[a]), 0.f);
-    grads_[a].assign(static_cast<size_t>(next[a]), 0.f);
+    const size_t bytes = static_cast<size_t>(numel_[a]) * sizeof(float);
+    values_[a] = backend::Buffer(be, bytes);
+    grads_[a] = backend::Buffer(be, bytes);
+    be.fill_zero(values_[a].data(), bytes);
+    be.fill_zero(grads_[a].data(), bytes);
+    if (ct != DType::kF32) {
+      compute_[a] = backend::Buffer(be, static_cast<size_t>(numel_[a]) * dtype_size(ct));
+      be.fill_zero(compute_[a].data(), static_cast<size_t>(numel_[a]) * dtype_size(ct));
+    }
   }
   finalized_ = true;
 }
@@ -41,12 +50,24 @@ const ParamSpec& ParamStore::spec(const std::string& name) const {
 Param ParamStore::get(const std::string& name) {
   MOEKIT_CHECK(finalized_, "ParamStore: get('", name, "') before finalize()");
   const ParamSpec& s = spec(name);
-  return {values_[s.expert].data() + s.offset, grads_[s.expert].data() + s.offset};
+  float* w = values(s.expert) + s.offset;
+  const void* c = w;
+  if (compute_[s.expert].data())
+    c = static_cast<const char*>(compute_[s.expert].data()) + s.offset * dtype_size(be_->compute_dtype());
+  return {w, grads(s.expert) + s.offset, c};
 }
 
 void ParamStore::init(uint64_t seed, double std) {
+  MOEKIT_CHECK(finalized_, "ParamStore: init() before finalize()");
+  std::vector<float> host;
   for (const auto& s : specs_) {
-    float* w = values_[s.expert].data() + s.offset;
+    float* dst = values(s.expert) + s.offset;
+    // On the CPU the values are written in place; elsewhere through one tensor of host memory.
+    float* w = dst;
+    if (!be_->host_memory()) {
+      host.resize(static_cast<size_t>(s.numel()));
+      w = host.data();
+    }
     switch (s.init) {
       case ParamInit::kZero: std::fill(w, w + s.numel(), 0.f); break;
       case ParamInit::kOne: std::fill(w, w + s.numel(), 1.f); break;
@@ -54,11 +75,31 @@ void ParamStore::init(uint64_t seed, double std) {
         CounterRng(seed, s.name).fill_normal(w, static_cast<size_t>(s.numel()), 0.f, static_cast<float>(std));
         break;
     }
+    if (w != dst) be_->upload(dst, w, static_cast<size_t>(s.numel()) * sizeof(float));
   }
+  mark_values_changed();
 }
 
 void ParamStore::zero_grad() {
-  for (auto& g : grads_) std::fill(g.begin(), g.end(), 0.f);
+  for (int a = 0; a < 2; ++a) be_->fill_zero(grads_[a].data(), static_cast<size_t>(numel_[a]) * sizeof(float));
+}
+
+void ParamStore::write(const std::string& name, const float* host) {
+  const ParamSpec& s = spec(name);
+  be_->upload(values(s.expert) + s.offset, host, static_cast<size_t>(s.numel()) * sizeof(float));
+  mark_values_changed();
+}
+
+void ParamStore::read(const std::string& name, float* host) const {
+  const ParamSpec& s = spec(name);
+  be_->download(host, values(s.expert) + s.offset, static_cast<size_t>(s.numel()) * sizeof(float));
+}
+
+void ParamStore::refresh_compute() {
+  if (!compute_stale_) return;
+  for (int a = 0; a < 2; ++a)
+    if (compute_[a].data()) be_->from_f32(compute_[a].data(), values(a), numel_[a]);
+  compute_stale_ = false;
 }
 
 }  // namespace moekit::model

@@ -2,61 +2,71 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
-#include "model/mlp.h"
+#include "kernels/swiglu_mlp.h"
 
 namespace moekit::moe {
 
 namespace {
-model::MlpWeights expert_weights(const ExpertStack& s, int64_t e) {
+kernels::MlpWeights expert_weights(const ExpertStack& s, int64_t e) {
   const float* base = s.w + e * s.stride();
   return {base, base + 2 * s.inter * s.hidden};
 }
+
+std::vector<int64_t> offsets_of(const int64_t* counts, int64_t n) {
+  std::vector<int64_t> off(n + 1, 0);
+  for (int64_t e = 0; e < n; ++e) off[e + 1] = off[e] + counts[e];
+  return off;
+}
 }  // namespace
 
-void experts_forward(float* yp, ExpertsCache* c, const float* xp, const ExpertStack& s, const DispatchPlan& plan) {
-  const int64_t R = plan.offsets.back(), H = s.hidden, I = s.inter;
-  c->gu.resize(R * 2 * I);
-  c->act.resize(R * I);
+void experts_forward_cpu(float* y, float* gu, float* act, const float* x, const ExpertStack& s,
+                         const int64_t* counts) {
+  const int64_t H = s.hidden, I = s.inter;
+  const std::vector<int64_t> off = offsets_of(counts, s.num);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t e = 0; e < s.num; ++e) {
-    const int64_t r0 = plan.offsets[e], n = plan.counts[e];
+    const int64_t r0 = off[e], n = counts[e];
     if (n == 0) continue;
-    model::mlp_forward(yp + r0 * H, 0.f, c->gu.data() + r0 * 2 * I, c->act.data() + r0 * I, xp + r0 * H,
-                       expert_weights(s, e), n, H, I, /*serial=*/true);
+    kernels::mlp_forward(y + r0 * H, 0.f, gu + r0 * 2 * I, act + r0 * I, x + r0 * H, expert_weights(s, e), n, H, I,
+                       /*serial=*/true);
   }
 }
 
-void experts_backward(float* dxp, const float* dyp, const float* xp, const ExpertsCache& c, const ExpertStack& s,
-                      const DispatchPlan& plan) {
+void experts_backward_cpu(float* dx, const float* dy, const float* x, const float* gu, const float* act,
+                          const ExpertStack& s, const int64_t* counts) {
   const int64_t H = s.hidden, I = s.inter;
+  const std::vector<int64_t> off = offsets_of(counts, s.num);
   int64_t max_rows = 0;
-  for (int64_t e = 0; e < s.num; ++e) max_rows = std::max(max_rows, plan.counts[e]);
+  for (int64_t e = 0; e < s.num; ++e) max_rows = std::max(max_rows, counts[e]);
 #pragma omp parallel
   {
     std::vector<float> scratch(max_rows * 3 * I);
 #pragma omp for schedule(dynamic)
     for (int64_t e = 0; e < s.num; ++e) {
-      const int64_t r0 = plan.offsets[e], n = plan.counts[e];
+      const int64_t r0 = off[e], n = counts[e];
       if (n == 0) continue;
       float* g = s.g + e * s.stride();
-      model::mlp_backward(dxp + r0 * H, 0.f, {g, g + 2 * I * H}, dyp + r0 * H, xp + r0 * H,
-                          c.gu.data() + r0 * 2 * I, c.act.data() + r0 * I, expert_weights(s, e), n, H, I,
-                          scratch.data(), /*serial=*/true);
+      kernels::mlp_backward(dx + r0 * H, 0.f, {g, g + 2 * I * H}, dy + r0 * H, x + r0 * H, gu + r0 * 2 * I,
+                          act + r0 * I, expert_weights(s, e), n, H, I, scratch.data(), /*serial=*/true);
     }
   }
 }
 
 void experts_forward_oracle(float* out, const float* x, const int32_t* idx, const float* weights, int64_t T,
-                            int64_t k, const ExpertStack& s) {
+                            int64_t k, const ExpertStack& s, int64_t capacity) {
   const int64_t H = s.hidden, I = s.inter;
   std::vector<double> h(I);
+  std::vector<int64_t> served(s.num, 0);
   for (int64_t t = 0; t < T; ++t) {
     const float* xt = x + t * H;
     float* o = out + t * H;
     std::fill(o, o + H, 0.f);
     for (int64_t j = 0; j < k; ++j) {
-      model::MlpWeights w = expert_weights(s, idx[t * k + j]);
+      const int32_t e = idx[t * k + j];
+      if (capacity >= 0 && served[e]++ >= capacity) continue;  // this expert is full
+      kernels::MlpWeights w = expert_weights(s, e);
       for (int64_t i = 0; i < I; ++i) {
         double g = 0, u = 0;
         for (int64_t d = 0; d < H; ++d) {

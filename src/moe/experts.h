@@ -1,13 +1,10 @@
-// Routed experts over a dispatched buffer: expert e runs a SwiGLU MLP on its contiguous rows
-// [offsets[e], offsets[e+1]). Experts are independent, so the CPU backend runs them as parallel
-// tasks (one single-threaded GEMM chain each) rather than threading each small GEMM.
-// experts_forward_oracle is the sequential per-token reference the tests compare against.
+// Routed experts on the CPU (the CPU backend's grouped expert ops): expert e runs a SwiGLU MLP
+// on its contiguous rows of a buffer grouped by expert. Experts are independent, so the CPU runs
+// them as parallel tasks (one single-threaded GEMM chain each) rather than threading each small
+// GEMM. experts_forward_oracle is the sequential per-token reference the tests compare against.
 #pragma once
 
 #include <cstdint>
-#include <vector>
-
-#include "moe/dispatch.h"
 
 namespace moekit::moe {
 
@@ -19,19 +16,16 @@ struct ExpertStack {
   int64_t stride() const { return 3 * inter * hidden; }
 };
 
-struct ExpertsCache {
-  std::vector<float> gu;   // (R, 2I)
-  std::vector<float> act;  // (R, I)
-};
+// y (R, H) <- x (R, H), R = sum(counts); gu (R, 2I), act (R, I) kept for the backward.
+void experts_forward_cpu(float* y, float* gu, float* act, const float* x, const ExpertStack& s, const int64_t* counts);
+// dx (R, H) overwritten; expert grads (s.g) accumulate.
+void experts_backward_cpu(float* dx, const float* dy, const float* x, const float* gu, const float* act,
+                          const ExpertStack& s, const int64_t* counts);
 
-// yp (R, H) <- xp (R, H), R = plan rows.
-void experts_forward(float* yp, ExpertsCache* c, const float* xp, const ExpertStack& s, const DispatchPlan& plan);
-// dxp (R, H) overwritten; expert grads accumulate.
-void experts_backward(float* dxp, const float* dyp, const float* xp, const ExpertsCache& c, const ExpertStack& s,
-                      const DispatchPlan& plan);
-
-// Sequential oracle: out (T, H) = sum_j w[t, j] * expert_{idx[t, j]}(x_t), token by token.
+// Sequential oracle: out (T, H) = sum_j w[t, j] * expert_{idx[t, j]}(x_t), token by token, in
+// f64. With capacity >= 0 an expert serves only its first `capacity` (token, slot) pairs in
+// token order (the rest are dropped), decided here independently of the dispatcher.
 void experts_forward_oracle(float* out, const float* x, const int32_t* idx, const float* weights, int64_t tokens,
-                            int64_t topk, const ExpertStack& s);
+                            int64_t topk, const ExpertStack& s, int64_t capacity = -1);
 
 }  // namespace moekit::moe

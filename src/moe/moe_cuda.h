@@ -14,20 +14,26 @@ namespace moekit::moe {
 // Most experts the per-token kernels support (their per-thread arrays are this long).
 constexpr int64_t kCudaMaxExperts = 256;
 
-// probs (T, E), lse (T), idx (T, k), weights (T, k) <- logits (T, E) f32.
-void router_forward_cuda(const cuda::Context& ctx, float* probs, float* lse, int32_t* idx, float* weights,
-                         const float* logits, int64_t tokens, int64_t experts, int64_t topk, bool norm_topk);
-// dlogits (T, E) <- as router_backward (router.h); dprob (E, device, may be null).
+// scores (T, E), lse (T), idx (T, k), weights (T, k) <- logits (T, E) f32; bias (E, may be
+// null) shifts the selection only (router_math.h).
+void router_forward_cuda(const cuda::Context& ctx, float* scores, float* lse, int32_t* idx, float* weights,
+                         const float* logits, const float* bias, int64_t tokens, int64_t experts, int64_t topk,
+                         bool norm_topk, bool sigmoid);
+// dlogits (T, E) <- as router_backward_cpu (router.h); dprob (E, device, may be null).
 template <typename T>
 void router_backward_cuda(const cuda::Context& ctx, T* dlogits, const float* probs, const float* lse,
                           const int32_t* idx, const float* weights, const float* dweights, const float* dprob,
-                          float z_scale, int64_t tokens, int64_t experts, int64_t topk, bool norm_topk);
+                          float z_scale, int64_t tokens, int64_t experts, int64_t topk, bool norm_topk, bool sigmoid);
+// out (E, f64) <- column sums of scores (T, E) in a fixed order.
+void score_sum_cuda(const cuda::Context& ctx, double* out, const float* scores, int64_t tokens, int64_t experts);
 
-// Dispatch plan on the device, identical to make_dispatch_plan: counts (E), offsets (E + 1),
-// row_of (T*k): the permuted row of pair (t, j), token_of (T*k): the token of each row. Rows of
-// one expert keep token order.
+// Dispatch plan on the device, identical to dispatch_plan_cpu: counts (E, pairs that chose each
+// expert), offsets (E + 1, over the kept rows), row_of (T*k): the permuted row of pair (t, j) or
+// -1 when it is beyond the expert's capacity (< 0: none), token_of (T*k): the token of each row.
+// Rows of one expert keep token order.
 void dispatch_plan_cuda(const cuda::Context& ctx, int32_t* counts, int32_t* offsets, int32_t* row_of,
-                        int32_t* token_of, const int32_t* idx, int64_t tokens, int64_t topk, int64_t experts);
+                        int32_t* token_of, const int32_t* idx, int64_t tokens, int64_t topk, int64_t experts,
+                        int64_t capacity);
 // xp (R, H) <- x[token_of[r]]
 template <typename T>
 void dispatch_rows_cuda(const cuda::Context& ctx, T* xp, const T* x, const int32_t* token_of, int64_t rows,
@@ -36,7 +42,7 @@ void dispatch_rows_cuda(const cuda::Context& ctx, T* xp, const T* x, const int32
 // expert-parallel regrouping of received rows by local expert, token_dispatcher.h phase 3).
 template <typename T>
 void scatter_rows_cuda(const cuda::Context& ctx, T* out, const T* in, const int32_t* dst, int64_t rows, int64_t hidden);
-// out (T, H) = beta * out + sum_j w[t, j] yp[row_of[t*k + j]], slots summed in order.
+// out (T, H) = beta * out + sum_j w[t, j] yp[row_of[t*k + j]] over kept slots, in order.
 template <typename T>
 void combine_rows_cuda(const cuda::Context& ctx, T* out, float beta, const T* yp, const float* weights,
                        const int32_t* row_of, int64_t tokens, int64_t topk, int64_t hidden);

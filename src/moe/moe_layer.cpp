@@ -1,150 +1,148 @@
 #include "moe/moe_layer.h"
 
-#include <cmath>
+#include <algorithm>
+#include <numeric>
 
 #include "core/check.h"
-#include "kernels/matmul.h"
+#include "model/mlp.h"
+#include "moe/dispatch.h"
 
 namespace moekit::moe {
 
-MoeLayer::MoeLayer(MoeParams p, MoeDims d, ExpertParallel ep) : p_(p), d_(d), ep_(ep), local_experts_(d.experts) {
-  if (ep_.active()) {
-    const int P = ep_.group->size();
-    MOEKIT_CHECK(d_.experts % P == 0, "MoeLayer: num_experts ", d_.experts, " is not divisible by the ep group size ",
-                 P);
-    local_experts_ = d_.experts / P;
-    MOEKIT_CHECK(ep_.first_expert == ep_.group->rank() * local_experts_, "MoeLayer: ep rank ", ep_.group->rank(),
-                 " must hold experts from ", ep_.group->rank() * local_experts_, ", got first expert ",
-                 ep_.first_expert);
-  }
+using backend::GemmOp;
+
+MoeLayer::MoeLayer(backend::Backend& be, MoeParams p, MoeDims d, std::unique_ptr<TokenDispatcher> dispatcher,
+                   MoeScratch& scratch)
+    : be_(be), p_(p), d_(d), dispatcher_(std::move(dispatcher)), scratch_(scratch),
+      esz_(dtype_size(be.compute_dtype())), bias_(be), scores_(be), lse_(be), idx_(be), weights_(be), row_of_(be),
+      xp_(be), e_gu_(be), e_act_(be), s_gu_(be), s_act_(be), s_out_(be), s_gate_(be) {
+  MOEKIT_CHECK(d_.topk >= 1 && d_.topk <= d_.experts, "MoeLayer: top-k ", d_.topk, " must be in [1, ", d_.experts,
+               "]");
+  if (d_.expert_bias) set_expert_bias(std::vector<float>(static_cast<size_t>(d_.experts), 0.f));
 }
 
-void MoeLayer::routed_forward(float* y, MoeCache* c, const float* x, int64_t T) const {
-  const int64_t H = d_.hidden, k = d_.topk;
-  const float* w = c->router.weights.data();
-  if (!ep_.active()) {
-    // Single-rank path: plan, permute, grouped experts, combine.
-    DispatchHandle& h = c->dispatch;
-    h = DispatchHandle{};
-    h.plan = make_dispatch_plan(c->router.idx.data(), T, k, d_.experts);
-    c->xp.resize(T * k * H);
-    c->yp.resize(T * k * H);
-    dispatch_rows(c->xp.data(), x, h.plan, H);
-    experts_forward(c->yp.data(), &c->experts, c->xp.data(), stack(), h.plan);
-    combine_rows(y, 0.f, c->yp.data(), w, h.plan, H);
-    return;
-  }
-  // The six phases (token_dispatcher.h); only token_dispatch / token_combine communicate.
-  parallel::Communicator& g = *ep_.group;
-  std::vector<float> recv;
-  dispatch_preprocess(&c->dispatch, &c->xp, x, c->router.idx.data(), T, k, d_.experts, H, g.size());
-  token_dispatch(&recv, &c->dispatch, c->xp.data(), H, g);
-  dispatch_postprocess(&c->xg, recv.data(), c->dispatch, H);
-  c->yg.resize(c->xg.size());
-  experts_forward(c->yg.data(), &c->experts, c->xg.data(), stack(), c->dispatch.expert_layout);
-  combine_preprocess(&recv, c->yg.data(), c->dispatch, H);
-  token_combine(&c->yp, recv.data(), c->dispatch, H, g);
-  combine_postprocess(y, c->yp.data(), w, c->dispatch, H);
+void* MoeLayer::act(backend::Buffer& b, int64_t n) const {
+  return b.reserve(static_cast<size_t>(std::max<int64_t>(n, 1)) * esz_);
+}
+float* MoeLayer::f32(backend::Buffer& b, int64_t n) const {
+  return static_cast<float*>(b.reserve(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float)));
 }
 
-void MoeLayer::routed_backward(float* dx, float* dw, const float* dy, const MoeCache& c) const {
-  const int64_t T = c.router.tokens, H = d_.hidden, k = d_.topk;
-  const DispatchHandle& h = c.dispatch;
-  std::vector<float> dyp(T * k * H);
-  combine_rows_backward(dyp.data(), dw, dy, c.yp.data(), c.router.weights.data(), h.plan, H);
-  if (!ep_.active()) {
-    std::vector<float> dxp(T * k * H);
-    experts_backward(dxp.data(), dyp.data(), c.xp.data(), c.experts, stack(), h.plan);
-    dispatch_rows_backward(dx, 0.f, dxp.data(), h.plan, H);
-    return;
-  }
-  // Reverse of the forward phases with the same handle: dy rows travel to the expert owners,
-  // the input gradients travel back.
-  parallel::Communicator& g = *ep_.group;
-  std::vector<float> drecv, dyg, dxg(c.xg.size()), dxp;
-  token_combine_backward(&drecv, dyp.data(), h, H, g);
-  dispatch_postprocess(&dyg, drecv.data(), h, H);  // inverse of combine_preprocess
-  experts_backward(dxg.data(), dyg.data(), c.xg.data(), c.experts, stack(), h.expert_layout);
-  combine_preprocess(&drecv, dxg.data(), h, H);  // inverse of dispatch_postprocess
-  token_dispatch_backward(&dxp, drecv.data(), h, H, g);
-  dispatch_rows_backward(dx, 0.f, dxp.data(), h.plan, H);
+void MoeLayer::set_expert_bias(const std::vector<float>& bias) {
+  MOEKIT_CHECK(d_.expert_bias, "MoeLayer: this layer has no expert bias (moe_router_enable_expert_bias is off)");
+  MOEKIT_CHECK(static_cast<int64_t>(bias.size()) == d_.experts, "MoeLayer: expert bias of ", bias.size(),
+               " values for ", d_.experts, " experts");
+  bias_host_ = bias;
+  be_.upload(bias_.reserve(bias.size() * sizeof(float)), bias.data(), bias.size() * sizeof(float));
 }
 
-void MoeLayer::forward(float* y, MoeCache* c, const float* x, int64_t T) const {
-  const int64_t H = d_.hidden, k = d_.topk;
-  router_forward(&c->router, x, p_.router.w, T, H, d_.experts, k, d_.norm_topk);
-  routed_forward(y, c, x, T);
+int64_t MoeLayer::dropped() const {
+  int64_t n = 0;
+  for (size_t e = 0; e < chosen_.size(); ++e) n += chosen_[e] - kept_[e];
+  return n;
+}
+
+const float* MoeLayer::router_input(const void* x, int64_t T) {
+  if (be_.compute_dtype() == DType::kF32) return static_cast<const float*>(x);
+  float* x32 = f32(scratch_.x32, T * d_.hidden);
+  be_.to_f32(x32, x, T * d_.hidden);
+  return x32;
+}
+
+void MoeLayer::forward(void* y, const void* x, int64_t T, const MoeOptions& opt) {
+  const int64_t H = d_.hidden, E = d_.experts, k = d_.topk, Is = d_.shared_inter;
+  tokens_ = T;
+  // Router in f32 (DESIGN.md section 5): the normalised input widened, the f32 master weights.
+  float* logits = f32(scratch_.logits, T * E);
+  be_.gemm({GemmOp::kNT, T, E, H}, logits, router_input(x, T), p_.router.w);
+  be_.router_forward(f32(scores_, T * E), f32(lse_, T),
+                     static_cast<int32_t*>(idx_.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1))),
+                     f32(weights_, T * k), logits, d_.expert_bias ? bias_.as<float>() : nullptr, spec(), T);
+  // Local plan: (token, slot) pairs in expert order, the experts' capacity applied here, before
+  // anything leaves the rank, so every layout drops the same pairs.
+  capacity_ = expert_capacity(T, k, E, opt.capacity_factor);
+  auto* row_of = static_cast<int32_t*>(row_of_.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1)));
+  auto* token_of = static_cast<int32_t*>(scratch_.token_of.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1)));
+  chosen_ = be_.dispatch_plan(row_of, token_of, idx_.as<int32_t>(), T, k, E, capacity_);
+  kept_ = chosen_;
+  if (capacity_ >= 0)
+    for (auto& c : kept_) c = std::min(c, capacity_);
+  const int64_t R = std::accumulate(kept_.begin(), kept_.end(), int64_t{0});
+  void* xp = act(xp_, R * H);
+  be_.gather_rows(xp, x, token_of, R, H);
+  io_ = dispatcher_->dispatch(xp, kept_);
+  const int64_t I = d_.inter;
+  be_.experts_forward(io_.out, act(e_gu_, io_.rows * 2 * I), act(e_act_, io_.rows * I), io_.in, p_.experts.c,
+                      io_.counts, dispatcher_->local_experts(), H, I);
+  yp_ = dispatcher_->combine();
+  be_.combine_rows(y, 0.f, yp_, weights_.as<float>(), row_of, T, k, H);
   if (!p_.shared_gate_up.w) return;
-  const int64_t Is = d_.shared_inter;
-  c->s_gu.resize(T * 2 * Is);
-  c->s_act.resize(T * Is);
-  if (!p_.shared_gate.w) {  // DeepSeekMoE: the shared expert is added ungated
-    model::mlp_forward(y, 1.f, c->s_gu.data(), c->s_act.data(), x, {p_.shared_gate_up.w, p_.shared_down.w}, T, H,
-                       Is);
+  void* s_gu = act(s_gu_, T * 2 * Is);
+  void* s_act = act(s_act_, T * Is);
+  if (!p_.shared_gate.w) {  // ungated (DeepSeekMoE): y += shared(x)
+    model::mlp_forward(be_, y, 1.f, s_gu, s_act, x, p_.shared_gate_up, p_.shared_down, T, H, Is);
     return;
   }
-  c->s_out.resize(T * H);
-  c->s_gate.resize(T);
-  model::mlp_forward(c->s_out.data(), 0.f, c->s_gu.data(), c->s_act.data(), x,
-                     {p_.shared_gate_up.w, p_.shared_down.w}, T, H, Is);
-  kernels::matmul_nt(c->s_gate.data(), x, p_.shared_gate.w, T, 1, H);
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < T; ++t) {
-    const float g = 1.f / (1.f + std::exp(-c->s_gate[t]));
-    c->s_gate[t] = g;  // keep the sigmoid output, the backward needs only it
-    for (int64_t i = 0; i < H; ++i) y[t * H + i] += g * c->s_out[t * H + i];
-  }
+  void* s_out = act(s_out_, T * H);
+  model::mlp_forward(be_, s_out, 0.f, s_gu, s_act, x, p_.shared_gate_up, p_.shared_down, T, H, Is);
+  be_.gemm({GemmOp::kNT, T, 1, H, be_.compute_dtype()}, f32(s_gate_, T), x, p_.shared_gate.c);  // gate logits, f32
+  be_.sigmoid_gate_forward(y, s_gate_.as<float>(), s_out, T, H);
 }
 
-RouterStats MoeLayer::stats(const MoeCache& c) const {
-  const auto& r = c.router;
+RouterStats MoeLayer::stats() const {
   RouterStats s;
-  s.tokens = r.tokens;
-  s.counts.assign(r.experts, 0.0);
-  s.prob_sum.assign(r.experts, 0.0);
-  for (int64_t e = 0; e < r.experts; ++e) s.counts[e] = static_cast<double>(c.dispatch.plan.counts[e]);
-  for (int64_t t = 0; t < r.tokens; ++t) {
-    for (int64_t e = 0; e < r.experts; ++e) s.prob_sum[e] += r.probs[t * r.experts + e];
-    s.lse_sq_sum += static_cast<double>(r.lse[t]) * r.lse[t];
-  }
+  s.tokens = tokens_;
+  s.counts.assign(chosen_.begin(), chosen_.end());
+  s.prob_sum.assign(static_cast<size_t>(d_.experts), 0.0);
+  be_.router_stats(s.prob_sum.data(), &s.lse_sq_sum, scores_.as<float>(), lse_.as<float>(), tokens_, d_.experts);
   return s;
 }
 
-void MoeLayer::backward(float* dx, const float* dy, const MoeCache& c, const float* x, const float* dprob,
-                        float z_scale) const {
-  const int64_t T = c.router.tokens, H = d_.hidden, k = d_.topk, E = d_.experts;
+void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vector<float>& dscore, float z_scale) {
+  const int64_t T = tokens_, H = d_.hidden, E = d_.experts, k = d_.topk, I = d_.inter, Is = d_.shared_inter;
+  const int32_t* row_of = row_of_.as<int32_t>();
   // Routed path: combine -> experts -> dispatch.
-  std::vector<float> dw(T * k);
-  routed_backward(dx, dw.data(), dy, c);
-  // Router.
-  std::vector<float> dlogits(T * E);
-  router_backward(dlogits.data(), c.router, dw.data(), dprob, z_scale);
-  kernels::matmul_tn(p_.router.g, dlogits.data(), x, E, H, T, 1.f);  // dW_r += dz^T x
-  kernels::matmul_nn(dx, dlogits.data(), p_.router.w, T, H, E, 1.f);  // dx += dz W_r
+  const int64_t R = std::accumulate(kept_.begin(), kept_.end(), int64_t{0});
+  void* dyp = act(scratch_.dyp, R * H);
+  float* dw = f32(scratch_.dw, T * k);
+  be_.combine_rows_backward(dyp, dw, dy, yp_, weights_.as<float>(), row_of, T, k, H);
+  const ExpertIo bio = dispatcher_->combine_backward(dyp);
+  be_.experts_backward(bio.out, p_.experts.g, bio.in, io_.in, e_gu_.data(), e_act_.data(), p_.experts.c, bio.counts,
+                       dispatcher_->local_experts(), H, I);
+  be_.dispatch_rows_backward(dx, 0.f, dispatcher_->dispatch_backward(), row_of, T, k, H);
+  // Router: d logits from the combine weights, the load-balancing term and the z-loss.
+  const float* ds = nullptr;
+  if (!dscore.empty()) {
+    MOEKIT_CHECK(static_cast<int64_t>(dscore.size()) == E, "MoeLayer::backward: ", dscore.size(),
+                 " score gradients for ", E, " experts");
+    be_.upload(f32(scratch_.dscore, E), dscore.data(), sizeof(float) * static_cast<size_t>(E));
+    ds = scratch_.dscore.as<float>();
+  }
+  void* dlog = act(scratch_.dlogits, T * E);
+  be_.router_backward(dlog, scores_.as<float>(), lse_.as<float>(), idx_.as<int32_t>(), weights_.as<float>(), dw, ds,
+                      z_scale, spec(), T);
+  // The router weight's gradient in f32 from the f32 input; the input gradient in the compute type.
+  const float* x32 = router_input(x, T);
+  float* dlog32 = static_cast<float*>(dlog);
+  if (be_.compute_dtype() != DType::kF32) {
+    dlog32 = f32(scratch_.logits, T * E);
+    be_.to_f32(dlog32, dlog, T * E);
+  }
+  const DType ct = be_.compute_dtype();
+  be_.gemm({GemmOp::kTN, E, H, T, DType::kF32, DType::kF32, 1.f, 1.f}, p_.router.g, dlog32, x32);  // dW_r += dz^T x
+  be_.gemm({GemmOp::kNN, T, H, E, ct, ct, 1.f, 1.f}, dx, dlog, p_.router.c);                       // dx += dz W_r
   if (!p_.shared_gate_up.w) return;
-  const int64_t Is = d_.shared_inter;
-  std::vector<float> scratch(T * 3 * Is);
-  if (!p_.shared_gate.w) {  // ungated: y += s_t
-    model::mlp_backward(dx, 1.f, {p_.shared_gate_up.g, p_.shared_down.g}, dy, x, c.s_gu.data(), c.s_act.data(),
-                        {p_.shared_gate_up.w, p_.shared_down.w}, T, H, Is, scratch.data());
-    return;
+  const void* dys = dy;
+  if (p_.shared_gate.w) {  // y += g s: ds = g dy, d(gate logit) = (dy . s) g (1 - g)
+    void* dsh = act(scratch_.ds, T * H);
+    void* da = act(scratch_.da, T);
+    be_.sigmoid_gate_backward(dsh, da, dy, s_out_.data(), s_gate_.as<float>(), T, H);
+    be_.gemm({GemmOp::kTN, 1, H, T, ct, DType::kF32, 1.f, 1.f}, p_.shared_gate.g, da, x);  // dw_sg += da^T x
+    be_.gemm({GemmOp::kNN, T, H, 1, ct, ct, 1.f, 1.f}, dx, da, p_.shared_gate.c);          // dx += da w_sg
+    dys = dsh;
   }
-  // Shared expert: y += g_t * s_t, g_t = sigmoid(a_t), a_t = x_t . w_sg.
-  std::vector<float> ds(T * H), da(T);
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < T; ++t) {
-    const float g = c.s_gate[t];
-    float dot = 0.f;
-    for (int64_t i = 0; i < H; ++i) {
-      dot += dy[t * H + i] * c.s_out[t * H + i];
-      ds[t * H + i] = g * dy[t * H + i];
-    }
-    da[t] = dot * g * (1.f - g);
-  }
-  kernels::matmul_tn(p_.shared_gate.g, da.data(), x, 1, H, T, 1.f);
-  kernels::matmul_nn(dx, da.data(), p_.shared_gate.w, T, H, 1, 1.f);
-  model::mlp_backward(dx, 1.f, {p_.shared_gate_up.g, p_.shared_down.g}, ds.data(), x, c.s_gu.data(),
-                      c.s_act.data(), {p_.shared_gate_up.w, p_.shared_down.w}, T, H, Is, scratch.data());
+  model::mlp_backward(be_, dx, 1.f, p_.shared_gate_up, p_.shared_down, dys, x, s_gu_.data(), s_act_.data(),
+                      act(scratch_.s_dact, T * Is), act(scratch_.s_dgu, T * 2 * Is), T, H, Is);
 }
 
 }  // namespace moekit::moe

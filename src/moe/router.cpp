@@ -1,37 +1,37 @@
 #include "moe/router.h"
 
-#include "kernels/matmul.h"
 #include "moe/router_math.h"
 
 namespace moekit::moe {
 
-void router_forward(RouterState* r, const float* x, const float* w_router, int64_t T, int64_t hidden, int64_t E,
-                    int64_t k, bool norm_topk) {
-  r->tokens = T;
-  r->experts = E;
-  r->topk = k;
-  r->norm_topk = norm_topk;
-  r->logits.resize(T * E);
-  r->probs.resize(T * E);
-  r->lse.resize(T);
-  r->idx.resize(T * k);
-  r->weights.resize(T * k);
-  kernels::matmul_nt(r->logits.data(), x, w_router, T, E, hidden);
+void router_forward_cpu(float* scores, float* lse, int32_t* idx, float* weights, const float* logits,
+                        const float* bias, int64_t T, int64_t E, int64_t k, bool norm_topk, bool sigmoid) {
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t) {
-    float* p = r->probs.data() + t * E;
-    r->lse[t] = router_softmax(p, r->logits.data() + t * E, E);
-    router_topk(r->idx.data() + t * k, r->weights.data() + t * k, p, E, k, norm_topk);
+    float* s = scores + t * E;
+    lse[t] = router_scores(s, logits + t * E, E, sigmoid);
+    router_topk(idx + t * k, weights + t * k, s, bias, E, k, norm_topk);
   }
 }
 
-void router_backward(float* dlogits, const RouterState& r, const float* dweights, const float* dprob_per_expert,
-                     float z_scale) {
-  const int64_t T = r.tokens, E = r.experts, k = r.topk;
+void router_backward_cpu(float* dlogits, const float* scores, const float* lse, const int32_t* idx,
+                         const float* weights, const float* dweights, const float* dscore, float z_scale, int64_t T,
+                         int64_t E, int64_t k, bool norm_topk, bool sigmoid) {
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t)
-    router_backward_token(dlogits + t * E, r.probs.data() + t * E, r.idx.data() + t * k, r.weights.data() + t * k,
-                          dweights + t * k, dprob_per_expert, r.lse[t], z_scale, E, k, r.norm_topk);
+    router_backward_token(dlogits + t * E, scores + t * E, idx + t * k, weights + t * k, dweights + t * k, dscore,
+                          lse[t], z_scale, E, k, norm_topk, sigmoid);
+}
+
+void router_stats_cpu(double* score_sum, double* lse_sq_sum, const float* scores, const float* lse, int64_t T,
+                      int64_t E) {
+  for (int64_t e = 0; e < E; ++e) score_sum[e] = 0.0;
+  double sq = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t e = 0; e < E; ++e) score_sum[e] += scores[t * E + e];
+    sq += static_cast<double>(lse[t]) * lse[t];
+  }
+  *lse_sq_sum = sq;
 }
 
 }  // namespace moekit::moe

@@ -1,32 +1,23 @@
-// Qwen2-MoE router: logits = x W_r^T (no bias), softmax over all experts in f32, then top-k on
-// the probabilities ("softmax then top-k"); the k weights are renormalised to sum to one only
-// when norm_topk_prob is set (Qwen1.5-MoE leaves them unnormalised).
+// CPU router kernels (the CPU backend's router ops): per-token scores, top-k and weights
+// (moe/router_math.h), their backward, and the aux-loss statistics. The router's GEMM runs in
+// the MoE layer (moe_layer.cpp) through the backend like every other projection.
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 namespace moekit::moe {
 
-struct RouterState {
-  int64_t tokens = 0, experts = 0, topk = 0;
-  bool norm_topk = false;
-  std::vector<float> logits;   // (T, E)
-  std::vector<float> probs;    // (T, E) softmax(logits)
-  std::vector<float> lse;      // (T) logsumexp(logits), for the z-loss
-  std::vector<int32_t> idx;    // (T, k) chosen experts, by descending probability
-  std::vector<float> weights;  // (T, k) combine weights
-};
-
-void router_forward(RouterState* r, const float* x, const float* w_router, int64_t tokens, int64_t hidden,
-                    int64_t experts, int64_t topk, bool norm_topk);
-
-// Gradient w.r.t. the router logits, overwriting dlogits (T, E), from
-//  - dweights (T, k): gradient of the loss w.r.t. the combine weights,
-//  - dprob_per_expert (E, may be null): a gradient on probs[t, e] that is the same for every
-//    token (the load-balancing losses have this form),
-//  - z_scale: coefficient c of a term c * sum_t lse_t^2 (router z-loss), 0 for none.
-void router_backward(float* dlogits, const RouterState& r, const float* dweights, const float* dprob_per_expert,
-                     float z_scale);
+// scores (T, E), lse (T), idx (T, k), weights (T, k) <- logits (T, E); bias (E, may be null)
+// shifts the selection only.
+void router_forward_cpu(float* scores, float* lse, int32_t* idx, float* weights, const float* logits,
+                        const float* bias, int64_t tokens, int64_t experts, int64_t topk, bool norm_topk,
+                        bool sigmoid);
+// dlogits (T, E) <- from dweights (T, k), dscore (E, may be null) and the z-loss scale.
+void router_backward_cpu(float* dlogits, const float* scores, const float* lse, const int32_t* idx,
+                         const float* weights, const float* dweights, const float* dscore, float z_scale,
+                         int64_t tokens, int64_t experts, int64_t topk, bool norm_topk, bool sigmoid);
+// score_sum (E) <- column sums of scores (T, E) in f64 (token order); lse_sq_sum <- sum of lse^2.
+void router_stats_cpu(double* score_sum, double* lse_sq_sum, const float* scores, const float* lse, int64_t tokens,
+                      int64_t experts);
 
 }  // namespace moekit::moe

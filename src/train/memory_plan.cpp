@@ -73,16 +73,20 @@ MemoryPlan plan_memory(const config::ModelConfig& c, const LayoutSpec& L) {
   p.params_optimizer_shard =
       L.zero1 ? ceil_div(p.params_dense, L.world()) + ceil_div(p.params_expert_local, L.dp) : p.params_on_rank;
   const int64_t f32 = 4;
-  // The CPU model stores weights and gradients as f32 whatever the precision (bf16 values are
-  // bf16-representable floats); the GPU holds them in the compute / gradient dtype.
-  const int64_t wb = cpu ? f32 : static_cast<int64_t>(dtype_size(L.compute));
+  // model/params.h: every rank holds its parameters as f32 values and f32 gradients; a device
+  // computing in bf16 adds a bf16 copy for the GEMMs. optim/optim.h: the f32 values are the
+  // masters on the GPU (so ZeRO-1 shards the moments there, not the masters); the CPU keeps
+  // separate f32 masters (of its shard) when it computes on bf16- or fp16-rounded values.
+  const bool low = L.compute != DType::kF32;
   const int64_t gb = cpu ? f32 : static_cast<int64_t>(dtype_size(L.grads));
-  p.weights = p.params_on_rank * wb;
+  p.weights = p.params_on_rank * (cpu || !low ? f32 : static_cast<int64_t>(dtype_size(L.compute)));
   p.grads = p.params_on_rank * gb;
-  p.master = L.compute == DType::kF32 ? 0 : p.params_optimizer_shard * f32;  // fp32: weights are the master
-  p.moments = p.params_optimizer_shard * 2 * f32;                            // AdamW exp_avg, exp_avg_sq
+  p.master = !low ? 0 : cpu ? p.params_optimizer_shard * f32 : p.params_on_rank * f32;
+  p.moments = p.params_optimizer_shard * 2 * f32;  // AdamW exp_avg, exp_avg_sq
 
-  // ---- activations of one micro-batch ------------------------------------------------------------
+  // ---- activations of one micro-batch: the buffers model.cpp and moe_layer.cpp keep from the
+  // forward for the backward (every backend runs the same model; they differ in element type and
+  // in what attention saves).
   const int64_t b = cpu ? f32 : static_cast<int64_t>(dtype_size(L.compute));  // activation element
   const int64_t T = L.tokens(), B = L.micro_batch, S = L.seq_len;
   const int64_t H = c.hidden_size, V = c.vocab_size, d = c.head_size(), nh = c.num_attention_heads;
@@ -90,72 +94,71 @@ MemoryPlan plan_memory(const config::ModelConfig& c, const LayoutSpec& L) {
   const int64_t n_sparse = c.num_sparse_layers(), n_dense = c.num_hidden_layers - n_sparse;
   const int64_t E = c.num_experts, k = c.num_experts_per_tok, Ie = c.moe_intermediate_size;
   const int64_t Is = c.shared_expert_intermediate_size, I = c.intermediate_size;
-  const bool shared = c.is_moe() && Is > 0, gated = shared && c.shared_expert_gate;
+  const bool shared = c.is_moe() && Is > 0, gated = shared && c.shared_expert_gate, ep = L.ep > 1;
   // Rows this rank's experts process: exact for ep = 1; with ep > 1 the mean under balanced
   // routing (each rank sends T*k rows and receives as many). Imbalance scales these terms.
   const int64_t R = T * k;
   const int64_t Lyr = c.num_hidden_layers;
   auto& A = p.activation_items;
-  // Per layer (Model::Layer, AttnCache).
-  A.push_back({cpu ? "x, n1, attn_out, h, n2, mlp_out (f32) + 2 rstd" : "x, rmsnorm(x), h, rmsnorm(h) + 2 rstd (f32)",
-               Lyr, T * ((cpu ? 6 : 4) * H * b + 2 * f32)});
+  A.push_back({"layer input, rmsnorm(x), h, rmsnorm(h) + 2 rstd (f32)", Lyr, T * (4 * H * b + 2 * f32)});
   A.push_back({"attention q, k, v after RoPE", Lyr, T * (qd + 2 * kvd) * b});
   A.push_back({"attention context (o_proj input)", Lyr, T * qd * b});
   if (cpu) A.push_back({"attention probabilities (B, heads, S, S)", Lyr, B * nh * S * S * f32});
-  else A.push_back({"attention softmax logsumexp (f32, flash)", Lyr, T * nh * f32});
+  else A.push_back({"attention softmax logsumexp (f32)", Lyr, T * nh * f32});
   if (n_dense > 0) A.push_back({"dense MLP gate/up + silu*up", n_dense, T * 3 * I * b});
   if (n_sparse > 0) {
-    // RouterState (+ logits on the CPU), DispatchPlan.
-    const int64_t router = 2 * T * E * f32 + T * f32 + R * (4 + f32) + (2 * E + 1) * 8 + 2 * R * 4;
-    A.push_back({"router logits, probs, lse, top-k, dispatch plan", n_sparse, router});
+    // Router scores, lse, top-k ids and weights, the plan's row map (f32 / i32), the bias.
+    A.push_back({"router scores, lse, top-k, row map", n_sparse, T * E * f32 + T * f32 + 3 * R * 4 + E * f32});
     A.push_back({"dispatched rows and expert outputs (T*k rows)", n_sparse, 2 * R * H * b});
+    if (ep) A.push_back({"expert-parallel: received rows and their grouping", n_sparse, R * H * b + R * 4});
     A.push_back({"experts gate/up + silu*up (T*k rows)", n_sparse, R * 3 * Ie * b});
     if (shared)
       A.push_back({gated ? "shared expert gate/up, act, output, sigmoid" : "shared expert gate/up, act", n_sparse,
                    T * 3 * Is * b + (gated ? T * H * b + T * f32 : 0)});
   }
-  // Head: token ids, final norm, logits (+ their gradient on the CPU; the GPU keeps them in the
-  // compute dtype and overwrites them with their gradient).
-  const int64_t head = T * 8 + T * (2 * H * b + f32) + (cpu ? 2 * T * V * f32 + 2 * S * d * f32 : T * V * b);
-  A.push_back({cpu ? "ids, final norm, logits + dlogits (f32), RoPE tables" : "ids, final norm, logits", 1, head});
+  // Head: token ids and targets, the last residual and its norm, the logits (overwritten by
+  // their gradient in a training forward), the RoPE tables.
+  A.push_back({"ids, targets, final residual and norm, logits, RoPE tables", 1,
+               T * 16 + T * (2 * H * b + f32) + T * V * b + 2 * S * d * f32});
   for (const auto& it : A) p.activations += it.count * it.bytes;
 
-  // ---- backward workspace: Model::backward's four (T, H) buffers live throughout, plus the
-  // largest per-layer transient (attention, dense MLP or MoE backward locals).
-  // dctx, dq, dk, dv; the CPU kernel also holds one (S, S) softmax gradient per running task.
-  int64_t layer_ws = T * (2 * qd + 2 * kvd) * b +
-                     (cpu ? std::min(L.cpu_threads, B * c.num_key_value_heads) * S * S * f32 : 0);
-  std::string layer_name = cpu ? "attention backward (dctx, dq, dk, dv, per-thread dS)"
-                               : "attention backward (dctx, dq, dk, dv)";
-  if (n_dense > 0 && T * 3 * I * b > layer_ws) {
-    layer_ws = T * 3 * I * b;
-    layer_name = "dense MLP backward scratch";
-  }
+  // ---- workspace: buffers reused by every layer. They grow to their largest use and stay, so
+  // the plan adds them all; the CPU kernels' per-thread scratch comes and goes within one op,
+  // so only the larger of those two counts.
+  auto& W = p.workspace_items;
+  W.push_back({"forward outputs of attention and MLP; gradients dx, dh, d(norm)", 1, 5 * T * H * b});
+  W.push_back({"attention backward dq, dk, dv", 1, T * (qd + 2 * kvd) * b});
+  W.push_back({"attention d(context) / MLP d(act), MLP d(gate, up)", 1,
+               std::max(T * qd, T * I) * b + (n_dense > 0 ? T * 2 * I * b : 0)});
   if (n_sparse > 0) {
-    // dyp, dxp, dweights, router dlogits; then either the experts' scratch (CPU: one per
-    // thread sized for the busiest expert; GPU: all rows at once) or the shared expert's.
-    const int64_t per_expert_rows = ceil_div(R * L.ep, E);
-    const int64_t experts_scratch = cpu ? L.cpu_threads * per_expert_rows * 3 * Ie * f32 : R * 3 * Ie * b;
-    const int64_t shared_ws = shared ? T * 3 * Is * b + (gated ? T * H * b + T * f32 : 0) : 0;
-    const int64_t moe_ws = 2 * R * H * b + R * f32 + T * E * f32 + std::max(experts_scratch, shared_ws);
-    if (moe_ws > layer_ws) {
-      layer_ws = moe_ws;
-      layer_name = "MoE backward (dyp, dxp, router grads, expert/shared scratch)";
-    }
+    W.push_back({"router logits and their gradient, top-k gradients, row tokens", 1,
+                 T * E * f32 + T * E * b + 2 * R * 4 + E * f32 + (b != f32 ? T * H * f32 : 0)});
+    W.push_back({"expert outputs' gradient (T*k rows) and the experts' dx", 1, 2 * R * H * b});
+    if (shared) W.push_back({"shared expert backward scratch", 1, T * 3 * Is * b + (gated ? T * H * b + T * b : 0)});
   }
-  p.workspace_items.push_back({"activation gradients dx, dh, dn, dmlp", 1, 4 * T * H * b});
-  p.workspace_items.push_back({layer_name, 1, layer_ws});
-  if (!cpu) {
-    // kernels/attention_cuda.h's GEMM path: one sequence's scores (f32) and probabilities.
-    p.workspace_items.push_back({"attention scores + probabilities of one sequence (heads, S, S)", 1,
-                                 nh * S * S * (f32 + b)});
-    if (n_sparse > 0 && b != f32) p.workspace_items.push_back({"router input widened to f32", 1, T * H * f32});
+  if (cpu) {
+    // The expert backward's scratch (one per thread, sized for the busiest expert) or the
+    // attention backward's softmax gradient per running (sequence, kv head) task.
+    const int64_t per_expert_rows = n_sparse > 0 ? ceil_div(R * L.ep, E) : 0;
+    const int64_t experts_scratch = L.cpu_threads * per_expert_rows * 3 * Ie * f32;
+    const int64_t attn_scratch = std::min(L.cpu_threads, B * c.num_key_value_heads) * S * S * f32;
+    W.push_back({experts_scratch > attn_scratch ? "per-thread expert backward scratch"
+                                                : "per-thread attention softmax gradient",
+                 1, std::max(experts_scratch, attn_scratch)});
+  } else {
+    // kernels/attention_cuda.h's GEMM path: one sequence's scores (f32) and probabilities, dK/dV
+    // summed in f32 (bf16 models), delta; the loss rows; the experts' backward scratch; cuBLAS'
+    // workspace (32 MiB).
+    W.push_back({"attention scores + probabilities of one sequence, delta", 1,
+                 nh * S * S * (f32 + b) + (b != f32 ? 2 * S * kvd * f32 : 0) + T * nh * f32});
+    if (n_sparse > 0) W.push_back({"experts backward d(act), d(gate, up)", 1, R * 3 * Ie * b});
+    W.push_back({"cuBLAS workspace, loss rows", 1, (int64_t{32} << 20) + T * f32});
   }
-  for (const auto& it : p.workspace_items) p.workspace += it.count * it.bytes;
+  for (const auto& it : W) p.workspace += it.count * it.bytes;
 
-  // ---- expert-parallel all-to-all: send and receive buffers of dispatch and combine for one
-  // layer (top-k rows of H), reused by every layer and by the backward.
-  p.comm = c.is_moe() && L.ep > 1 ? 4 * R * H * b : 0;
+  // ---- expert-parallel all-to-all: the staging buffers every layer's dispatcher shares
+  // (received rows, expert outputs grouped by expert).
+  p.comm = c.is_moe() && ep ? 2 * R * H * b : 0;
 
   p.total = p.state() + p.activations + p.workspace + p.comm;
   return p;

@@ -1,10 +1,12 @@
 // Memory plan of one training rank: weights, fp32 master copy, gradients, AdamW moments (ZeRO-1
-// sharded or not), the activations one micro-batch keeps for its backward, the backward's
-// transient workspace and the expert-parallel all-to-all buffers. Two modes:
-//   kGpu: what the GPU trainer is planned to hold (compute dtype weights and activations, fused
-//         flash attention that keeps only the softmax statistics, fp32 logits);
-//   kCpu: what the CPU model (src/model, src/moe) actually allocates: f32 everywhere, attention
-//         probabilities (B, heads, S, S), logits and their gradient; comparable with peak RSS.
+// sharded or not), the activations one micro-batch keeps for its backward, the buffers every
+// layer reuses (workspace) and the expert-parallel all-to-all staging. It counts what the one
+// model (model/model.h over backend/backend.h) allocates on each backend:
+//   kGpu: the CUDA backend: activations in the compute dtype, a bf16 GEMM copy of the weights
+//         beside the f32 ones, attention saving one log-sum-exp per row, cuBLAS' workspace;
+//         compared with the device's allocations by tests/bench/run_gpu_bench.sh;
+//   kCpu: the CPU backend: f32 everywhere, attention keeping its probabilities (B, heads, S, S);
+//         comparable with peak RSS (tests/unit/test_cost.cpp measures it).
 // The formulas, tensor by tensor, are in docs/COST.md.
 #pragma once
 

@@ -33,7 +33,20 @@ std::unique_ptr<model::Model> load_checkpoint_model(const std::string& path, int
     MOEKIT_CHECK(r.has("master", s.name), dir, ": no tensor '", s.name, "'");
     MOEKIT_CHECK(r.shape("master", s.name) == s.shape, dir, ": tensor '", s.name, "' has shape ",
                  shape_str(r.shape("master", s.name)), ", expected ", shape_str(s.shape));
-    r.read("master", s.name, m->params().get(s.name).w);
+    r.read("master", s.name, m->params().get(s.name).w);  // a CPU model: host memory
+  }
+  if (mc.moe_router_enable_expert_bias) {
+    MOEKIT_CHECK(r.meta().contains("expert_bias"), dir, "/meta.json has no expert_bias, but the model routes with ",
+                 "one (moe_router_enable_expert_bias)");
+    std::vector<std::vector<float>> bias(static_cast<size_t>(mc.num_hidden_layers));
+    try {
+      for (int64_t l = 0; l < mc.num_hidden_layers; ++l)
+        if (mc.is_sparse_layer(l))
+          bias[l] = r.meta()["expert_bias"].at(model::expert_bias_name(l)).get<std::vector<float>>();
+    } catch (const nlohmann::json::exception& e) {
+      MOEKIT_FAIL(dir, "/meta.json: expert_bias: ", e.what());
+    }
+    m->set_expert_bias(bias);
   }
   if (step) *step = r.step();
   return m;

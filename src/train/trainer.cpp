@@ -24,6 +24,7 @@
 #include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/train_checkpoint.h"
+#include "backend/backend.h"
 #include "core/check.h"
 #include "core/device.h"
 #include "core/half.h"
@@ -32,9 +33,9 @@
 #include "data/synth.h"
 #include "model/model.h"
 #include "optim/optim.h"
+#include "parallel/device_groups.h"
 #include "parallel/grad_sync.h"
 #include "parallel/zero1.h"
-#include "train/device_step.h"
 #include "train/metrics.h"
 #include "train/tfevents.h"
 
@@ -149,6 +150,7 @@ class Trainer {
  private:
   struct StepResult {
     double loss = 0, aux = 0, z = 0, grad_norm = 0;
+    int64_t dropped = 0;  // (token, slot) pairs dropped by moe.capacity_factor, global batch
     bool skipped = false;
   };
   void prepare_run_dir();
@@ -168,16 +170,27 @@ class Trainer {
     int64_t row_begin, rows;
   };
   parallel::GradArenas grad_arenas();
+  // A device tensor's n floats as host memory: the tensor itself on the CPU, else a copy in a
+  // staging buffer (one tensor at a time: checkpoints stream from wherever the state lives).
+  const float* host_view(const float* dev, int64_t n);
+  // Rows of a checkpoint tensor into device memory (through the staging buffer off the CPU).
+  void read_tensor(const checkpoint::TrainCheckpointReader& r, const std::string& group, const std::string& name,
+                   float* dev, int64_t row_begin, int64_t rows, int64_t numel);
+  void note_device_memory();
 
   config::RunConfig cfg_;
   parallel::ParallelContext& ctx_;
   const config::ModelConfig& mc_;
   std::string ckpt_dir_;
   model::LossConfig loss_;
+  // Where the model, its gradients and the optimizer state live (train.device): the CPU backend,
+  // or this rank's GPU. Data-parallel traffic on that memory goes over groups_.
+  std::unique_ptr<backend::Backend> own_backend_;
+  backend::Backend* be_ = &backend::cpu();
+  std::unique_ptr<parallel::DeviceGroups> groups_;
   std::unique_ptr<model::Model> model_;
-  // train.device: cuda: the model, gradients and optimizer state live on this rank's GPU; model_
-  // and opt_ are then the host copies that checkpoints are written from and resumed into.
-  std::unique_ptr<DeviceStep> device_;
+  std::vector<float> stage_;
+  double device_used_mib_ = 0;
   std::unique_ptr<data::Loader> loader_;
   std::unique_ptr<optim::AdamW> opt_;
   std::vector<optim::TensorRef> all_refs_;  // every local tensor (opt_ may hold only slices)
@@ -221,14 +234,17 @@ Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
   ocfg_.validate();
   loss_ = loss_config(cfg_);
   if (cfg_.train.device == "cuda") {
-    MOEKIT_CHECK(!cfg_.parallel.zero1, cfg_.source,
-                 ": parallel.zero1 with train.device cuda is not implemented yet (set parallel.zero1 false)");
+    // fp16 would need fp16 activations (its loss scaling exists to keep their gradients in
+    // range); the CUDA kernels compute in f32 or bf16.
     MOEKIT_CHECK(ocfg_.precision != optim::Precision::kFp16, cfg_.source,
-                 ": optim.precision fp16 with train.device cuda is not implemented yet (use bf16 or fp32)");
+                 ": optim.precision fp16 with train.device cuda is not supported (use bf16 or fp32)");
     MOEKIT_CHECK(built_with_cuda(), cfg_.source, ": train.device is 'cuda' but this moekit was built without CUDA "
                  "(MOEKIT_CUDA=OFF)");
     MOEKIT_CHECK(cuda_device_count() > 0, cfg_.source, ": train.device is 'cuda' but no CUDA device is visible on ",
                  "this machine (use train.device: cpu)");
+    const int device = parallel::detect_launch().local_rank % cuda_device_count();
+    own_backend_ = backend::make_cuda(device, ocfg_.precision == optim::Precision::kBf16 ? DType::kBF16 : DType::kF32);
+    be_ = own_backend_.get();
   }
   // Each rank runs global / (micro x W) micro-batches of its slice per step.
   n_micro_ = cfg_.train.global_batch_size / (cfg_.train.micro_batch_size * ctx_.topo.world());
@@ -250,7 +266,10 @@ void Trainer::prepare_run_dir() {
 }
 
 void Trainer::init_weights() {
-  model_ = std::make_unique<model::Model>(mc_, model::ModelParallel{ctx_.world.get(), ctx_.ep.get()});
+  groups_ = std::make_unique<parallel::DeviceGroups>(ctx_, *be_);
+  model_ = std::make_unique<model::Model>(mc_, model::ModelParallel{ctx_.world.get(), ctx_.ep.get(), &groups_->ep()},
+                                          *be_);
+  model_->set_moe_options({cfg_.moe.capacity_factor});
   if (!cfg_.init_from.empty()) {
     log_info("init: weights from ", cfg_.init_from);
     checkpoint::load_hf_weights(model_.get(), checkpoint::SafetensorsDir::open(cfg_.init_from));
@@ -259,10 +278,16 @@ void Trainer::init_weights() {
   }
   auto& P = model_->params();
   const auto& specs = P.specs();
+  const size_t csz = dtype_size(be_->compute_dtype());
+  // The GEMM copy of elements [offset, offset + n) of an arena, when the backend has one.
+  auto compute_at = [&](bool expert, int64_t offset) -> void* {
+    void* c = P.compute(expert);
+    return c ? static_cast<char*>(c) + offset * static_cast<int64_t>(csz) : nullptr;
+  };
   all_refs_.clear();
   for (const auto& s : specs) {
     model::Param p = P.get(s.name);
-    all_refs_.push_back({s.name, p.w, p.g, s.numel()});
+    all_refs_.push_back({s.name, p.w, p.g, s.numel(), compute_at(s.expert, s.offset)});
   }
   // The optimizer updates whole tensors, or with ZeRO-1 this rank's row slices of them.
   std::vector<optim::TensorRef> refs;
@@ -278,23 +303,46 @@ void Trainer::init_weights() {
       arena[s.expert].push_back({s.name, s.offset, s.numel(), s.shape.empty() ? 1 : s.shape[0]});
       spec_of[s.expert].push_back(i);
     }
-    zero_ = std::make_unique<parallel::Zero1>(arena[0], P.numel(false), arena[1], P.numel(true), ctx_);
+    zero_ = std::make_unique<parallel::Zero1>(arena[0], P.numel(false), arena[1], P.numel(true), ctx_, *be_,
+                                              *groups_);
     for (int e = 0; e < 2; ++e)
       for (const auto& sl : e ? zero_->expert_slices() : zero_->dense_slices()) {
         const size_t i = spec_of[e][sl.tensor];
-        refs.push_back({specs[i].name, P.values(e) + sl.offset, P.grads(e) + sl.offset, sl.numel});
+        refs.push_back({specs[i].name, P.values(e) + sl.offset, P.grads(e) + sl.offset, sl.numel,
+                        compute_at(e, sl.offset)});
         opt_slices_.push_back({i, sl.row_begin, sl.rows});
       }
   }
-  opt_ = std::make_unique<optim::AdamW>(ocfg_, std::move(refs));
+  opt_ = std::make_unique<optim::AdamW>(ocfg_, std::move(refs), *be_);
   // Mixed precision rounds the weights the optimizer owns: every replica takes the owners' copy.
-  if (zero_) zero_->gather_weights(P.values(false), P.values(true));
-  scaler_ = std::make_unique<optim::LossScaler>(ocfg_);
-  if (cfg_.train.device == "cuda") {
-    device_ = make_cuda_step(mc_, P, ocfg_, ctx_);
-    device_->from_host(*opt_);
-    log_info("train: on ", device_->device_name());
+  if (zero_) {
+    zero_->gather_weights(P.values(false), P.values(true));
+    P.mark_values_changed();
   }
+  scaler_ = std::make_unique<optim::LossScaler>(ocfg_);
+  if (!be_->host_memory()) log_info("train: on ", be_->name(), ", computing in ", dtype_name(be_->compute_dtype()));
+}
+
+const float* Trainer::host_view(const float* dev, int64_t n) {
+  if (be_->host_memory()) return dev;
+  stage_.resize(static_cast<size_t>(n));
+  be_->download(stage_.data(), dev, static_cast<size_t>(n) * sizeof(float));
+  return stage_.data();
+}
+
+void Trainer::read_tensor(const checkpoint::TrainCheckpointReader& r, const std::string& group,
+                          const std::string& name, float* dev, int64_t row_begin, int64_t rows, int64_t numel) {
+  if (be_->host_memory()) {
+    r.read(group, name, dev, row_begin, rows);
+    return;
+  }
+  stage_.resize(static_cast<size_t>(numel));
+  r.read(group, name, stage_.data(), row_begin, rows);
+  be_->upload(dev, stage_.data(), static_cast<size_t>(numel) * sizeof(float));
+}
+
+void Trainer::note_device_memory() {
+  if (!be_->host_memory()) device_used_mib_ = std::max(device_used_mib_, be_->device_memory_used_mib());
 }
 
 json Trainer::meta_json() const {
@@ -314,6 +362,15 @@ json Trainer::meta_json() const {
   m["zero1"] = cfg_.parallel.zero1;
   m["device"] = cfg_.train.device;
   m["model_config"] = json::parse(config::model_config_to_hf_json(mc_));
+  if (mc_.moe_router_enable_expert_bias) {
+    // The aux-loss-free balancing state: per MoE layer the selection bias (identical on every
+    // rank). JSON numbers print a float's exact value, so resume gets the same bits back.
+    json bias = json::object();
+    const auto b = model_->expert_bias();
+    for (size_t l = 0; l < b.size(); ++l)
+      if (!b[l].empty()) bias[model::expert_bias_name(static_cast<int64_t>(l))] = b[l];
+    m["expert_bias"] = bias;
+  }
   m["precision"] = ocfg_.precision == optim::Precision::kFp32 ? "fp32"
                    : ocfg_.precision == optim::Precision::kBf16 ? "bf16" : "fp16";
   return m;
@@ -328,7 +385,6 @@ bool Trainer::owns_in_checkpoint(const model::ParamSpec& s) const {
 
 void Trainer::save_checkpoint() {
   const auto t0 = Clock::now();
-  if (device_) device_->to_host(opt_.get());  // the files are written from the host optimizer
   {
     // Rank 0 creates step_N.tmp/ (removing a stale one), then the others open their files in it.
     std::unique_ptr<checkpoint::TrainCheckpointWriter> w;
@@ -340,20 +396,21 @@ void Trainer::save_checkpoint() {
     for (size_t i = 0; i < opt_slices_.size(); ++i) {
       const OptSlice& sl = opt_slices_[i];
       const model::ParamSpec& spec = specs[sl.spec];
+      const int64_t n = opt_->tensors()[i].numel;
       if (sl.rows < 0) {  // a whole tensor, replicated: one owner writes it
         if (!owns_in_checkpoint(spec)) continue;
-        w->write("master", spec.name, spec.shape, opt_->master(i));
-        w->write("exp_avg", spec.name, spec.shape, opt_->exp_avg(i));
-        w->write("exp_avg_sq", spec.name, spec.shape, opt_->exp_avg_sq(i));
+        w->write("master", spec.name, spec.shape, host_view(opt_->master(i), n));
+        w->write("exp_avg", spec.name, spec.shape, host_view(opt_->exp_avg(i), n));
+        w->write("exp_avg_sq", spec.name, spec.shape, host_view(opt_->exp_avg_sq(i), n));
         continue;
       }
       // ZeRO-1: this rank's rows; the shards of the replicas partition every tensor.
       Shape piece = spec.shape.empty() ? Shape{1} : spec.shape;
       const int64_t full_rows = piece[0];
       piece[0] = sl.rows;
-      w->write("master", spec.name, piece, opt_->master(i), sl.row_begin, full_rows);
-      w->write("exp_avg", spec.name, piece, opt_->exp_avg(i), sl.row_begin, full_rows);
-      w->write("exp_avg_sq", spec.name, piece, opt_->exp_avg_sq(i), sl.row_begin, full_rows);
+      w->write("master", spec.name, piece, host_view(opt_->master(i), n), sl.row_begin, full_rows);
+      w->write("exp_avg", spec.name, piece, host_view(opt_->exp_avg(i), n), sl.row_begin, full_rows);
+      w->write("exp_avg_sq", spec.name, piece, host_view(opt_->exp_avg_sq(i), n), sl.row_begin, full_rows);
     }
     w->close();
   }
@@ -395,13 +452,22 @@ void Trainer::resume() {
                  "' (was it written for another model?)");
     MOEKIT_CHECK(r.shape("master", n) == specs[sl.spec].shape, "resume: tensor '", n, "' in ", dir, " has shape ",
                  shape_str(r.shape("master", n)), ", the model expects ", shape_str(specs[sl.spec].shape));
-    r.read("master", n, opt_->master(i), sl.row_begin, sl.rows);
-    r.read("exp_avg", n, opt_->exp_avg(i), sl.row_begin, sl.rows);
-    r.read("exp_avg_sq", n, opt_->exp_avg_sq(i), sl.row_begin, sl.rows);
+    const int64_t numel = opt_->tensors()[i].numel;
+    read_tensor(r, "master", n, opt_->master(i), sl.row_begin, sl.rows, numel);
+    read_tensor(r, "exp_avg", n, opt_->exp_avg(i), sl.row_begin, sl.rows, numel);
+    read_tensor(r, "exp_avg_sq", n, opt_->exp_avg_sq(i), sl.row_begin, sl.rows, numel);
   }
   try {
     opt_->restore(m.at("optimizer_steps").get<int64_t>());
     if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
+    model_->params().mark_values_changed();
+    if (mc_.moe_router_enable_expert_bias) {
+      std::vector<std::vector<float>> bias(static_cast<size_t>(mc_.num_hidden_layers));
+      const json& jb = m.at("expert_bias");
+      for (int64_t l = 0; l < mc_.num_hidden_layers; ++l)
+        if (mc_.is_sparse_layer(l)) bias[l] = jb.at(model::expert_bias_name(l)).get<std::vector<float>>();
+      model_->set_expert_bias(bias);
+    }
     loader_->restore(data::LoaderState::from_json(m.at("loader")));
     scaler_->restore(m.at("loss_scale").get<double>(), m.at("loss_scale_good_steps").get<int64_t>());
     step_ = m.at("step").get<int64_t>();
@@ -412,7 +478,6 @@ void Trainer::resume() {
   } catch (const json::exception& e) {
     MOEKIT_FAIL("resume: ", dir, "/meta.json: ", e.what());
   }
-  if (device_) device_->from_host(*opt_);
   last_ckpt_ = dir;
   last_ckpt_step_ = step_;
   log_info("resume: step ", step_, ", ", tokens_, " tokens, from ", dir);
@@ -420,8 +485,7 @@ void Trainer::resume() {
 
 Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   StepResult r;
-  if (device_) device_->zero_grad();
-  else model_->params().zero_grad();
+  model_->params().zero_grad();
   const int64_t B = cfg_.train.micro_batch_size, S = cfg_.train.seq_len;
   if (mc_.is_moe()) {
     expert_counts_.assign(mc_.num_hidden_layers, {});
@@ -431,23 +495,16 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   for (int64_t mb = 0; mb < n_micro_; ++mb) {
     const int64_t* in = batch.inputs.data() + mb * B * S;
     const int64_t* tg = batch.targets.data() + mb * B * S;
-    const model::LossTerms t =
-        device_ ? device_->forward(in, tg, B, S, loss_, true) : model_->forward(in, tg, B, S, loss_);
+    const model::LossTerms t = model_->forward(in, tg, B, S, loss_);
+    if (mb == 0) note_device_memory();  // every activation of the step is alive now
     r.loss += t.ce / n_micro_;
     r.aux += chosen_aux(t, loss_.aux) / n_micro_;
     if (!std::isnan(t.z_loss)) r.z += t.z_loss / n_micro_;
-    if (device_) device_->backward();
-    else model_->backward();
+    model_->backward();
+    r.dropped += model_->dropped_pairs();
     for (int64_t l = 0; l < static_cast<int64_t>(expert_counts_.size()); ++l) {
-      if (expert_counts_[l].empty()) continue;
-      if (device_) {
-        const std::vector<int64_t>& c = device_->expert_counts()[l];
-        for (size_t e = 0; e < c.size(); ++e) expert_counts_[l][e] += c[e];
-        continue;
-      }
-      const moe::RouterState* rs = model_->router_state(l);
-      if (!rs) continue;
-      for (int32_t e : rs->idx) ++expert_counts_[l][e];
+      const std::vector<int64_t>& c = model_->expert_counts()[l];
+      for (size_t e = 0; e < c.size(); ++e) expert_counts_[l][e] += c[e];
     }
   }
   // The step's numbers are the means over all ranks (equal slices: the global-batch means), and
@@ -457,42 +514,35 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
     double sums[3] = {r.loss, r.aux, r.z};
     ctx_.world->all_reduce(sums, 3, parallel::ReduceOp::kAvg);
     r.loss = sums[0], r.aux = sums[1], r.z = sums[2];
-    std::vector<int64_t> counts;
+    std::vector<int64_t> counts = {r.dropped};
     for (const auto& c : expert_counts_) counts.insert(counts.end(), c.begin(), c.end());
     ctx_.world->all_reduce(counts.data(), static_cast<int64_t>(counts.size()), parallel::ReduceOp::kSum);
-    size_t at = 0;
+    r.dropped = counts[0];
+    size_t at = 1;
     for (auto& c : expert_counts_)
       for (auto& v : c) v = counts[at++];
   }
   if (step_ == nan_step_) r.loss = std::numeric_limits<double>::quiet_NaN();
 
-  const auto& refs = all_refs_;
+  const parallel::GradArenas ga = grad_arenas();
   // Micro-batch losses are means over equal token counts: average their gradients.
-  float gscale = 1.0f / static_cast<float>(n_micro_);
+  const float gscale = 1.0f / static_cast<float>(n_micro_);
   bool overflow = false;
-  if (ocfg_.precision == optim::Precision::kFp16) {
+  for (auto [g, n] : {std::pair{ga.dense, ga.dense_n}, std::pair{ga.expert, ga.expert_n}}) {
+    if (gscale != 1.0f) be_->scale(g, gscale, n);
     // fp16 gradient storage, emulated on the CPU: the scaled gradient is rounded to fp16 (where
     // large values overflow to inf, as they would on a GPU), then unscaled in f32.
-    const float s = static_cast<float>(scaler_->scale());
-    for (const auto& t : refs)
-      for (int64_t i = 0; i < t.numel; ++i) {
-        const float h = f16_to_f32(f32_to_f16(t.g[i] * gscale * s));
-        overflow |= !std::isfinite(h);
-        t.g[i] = h / s;
-      }
-    gscale = 1.0f;
+    if (ocfg_.precision == optim::Precision::kFp16)
+      overflow |= be_->round_through_f16(g, static_cast<float>(scaler_->scale()), n);
   }
-  if (gscale != 1.0f && !device_) optim::scale_grads(refs, gscale);
   if (ctx_.distributed())
     overflow = ctx_.world->all_reduce_value<int32_t>(overflow ? 1 : 0, parallel::ReduceOp::kMax) != 0;
-  if (device_) {
-    r.grad_norm = device_->reduce_gradients(gscale);
-  } else if (zero_) {
-    zero_->reduce_gradients(grad_arenas());
-    r.grad_norm = zero_->grad_norm(grad_arenas());
+  if (zero_) {
+    zero_->reduce_gradients(ga);
+    r.grad_norm = zero_->grad_norm(ga);
   } else {
-    parallel::sync_gradients(grad_arenas(), ctx_);
-    r.grad_norm = parallel::global_grad_norm(grad_arenas(), ctx_);
+    parallel::sync_gradients(*be_, ga, ctx_, *groups_);
+    r.grad_norm = parallel::global_grad_norm(*be_, ga, ctx_);
   }
   const bool finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm) && !overflow;
   if (ocfg_.precision == optim::Precision::kFp16 && scaler_->update(!finite)) {
@@ -514,17 +564,19 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
     return r;
   }
   consecutive_skips_ = 0;
-  if (ocfg_.clip_grad_norm > 0) {
-    // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
-    const double coef = ocfg_.clip_grad_norm / (r.grad_norm + 1e-6);
-    if (coef < 1.0) {
-      if (device_) device_->scale_gradients(static_cast<float>(coef));
-      else optim::scale_grads(opt_->tensors(), static_cast<float>(coef));
-    }
+  // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
+  const double coef = optim::clip_coefficient(r.grad_norm, ocfg_.clip_grad_norm);
+  if (coef < 1.0) optim::scale_grads(opt_->tensors(), static_cast<float>(coef), *be_);
+  const int64_t bad = opt_->step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
+  MOEKIT_CHECK(bad == 0, "step ", step_ + 1, ": ", bad, " weights are not finite after the optimizer update (loss ",
+               r.loss, ", gradient norm ", r.grad_norm, " were finite); stopping before they are checkpointed");
+  if (zero_) {
+    zero_->gather_weights(model_->params().values(false), model_->params().values(true));
+    model_->params().mark_values_changed();
   }
-  if (device_) device_->optimizer_step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
-  else opt_->step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
-  if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
+  // Aux-loss-free balancing: every rank applies the same update from the same global load.
+  if (mc_.moe_router_enable_expert_bias && cfg_.moe.router_bias_update_rate > 0)
+    model_->update_expert_bias(expert_counts_, cfg_.moe.router_bias_update_rate);
   return r;
 }
 
@@ -551,9 +603,7 @@ void Trainer::evaluate() {
     const bool real = i < batches;
     const int64_t w = real ? i * B : 0;
     const data::Batch b = loader_->valid_batch(w, std::min(B, n - w));
-    const model::LossTerms t =
-        device_ ? device_->forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, lc, false)
-                : model_->forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, lc, false);
+    const model::LossTerms t = model_->forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, lc, false);
     if (!real) continue;
     ce_sum += t.ce * t.targets;
     targets += t.targets;
@@ -609,6 +659,7 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds) {
          {"flops", static_cast<double>(tokens_) * flops_.train_flops_per_token()},
          {"skipped", r.skipped}};
   if (ocfg_.precision == optim::Precision::kFp16) j["loss_scale"] = scaler_->scale();
+  if (cfg_.moe.capacity_factor > 0) j["dropped"] = r.dropped;
   metrics_->write(j.dump());
   tb_->scalar("train/loss", step_, r.loss);
   if (mc_.is_moe()) tb_->scalar("train/aux_loss", step_, r.aux);
@@ -667,7 +718,7 @@ TrainSummary Trainer::run() {
   // The GEMM probe runs on rank 0 alone (ranks measuring at once would measure each other);
   // MFU is then against W times that rate.
   if (cfg_.train.peak_flops > 0) peak_flops_ = cfg_.train.peak_flops;
-  else if (device_) peak_flops_ = device_->peak_flops();  // 0 for an unknown device: MFU is then reported as 0
+  else if (!be_->host_memory()) peak_flops_ = be_->peak_flops();  // 0 for an unknown device: MFU is then 0
   else peak_flops_ = rank0() ? measure_gemm_flops() : 0.0;
   ctx_.world->broadcast(&peak_flops_, 1, 0);
   peak_flops_ *= ctx_.topo.world();
@@ -708,7 +759,7 @@ TrainSummary Trainer::run() {
   }
   if (!sum.interrupted) {
     if (cfg_.train.eval_every == 0 || step_ % cfg_.train.eval_every != 0) evaluate();
-    if (last_ckpt_step_ != step_) save_checkpoint();
+    if (cfg_.checkpoint.final && last_ckpt_step_ != step_) save_checkpoint();
   }
   if (tb_) tb_->flush();
   std::signal(SIGTERM, SIG_DFL);
@@ -738,8 +789,8 @@ TrainSummary Trainer::run() {
          {"ep", ctx_.topo.ep()},
          {"peak_rss_mib", peak_rss_mib()},
          {"device", cfg_.train.device},
-         {"peak_device_mib", device_ ? json(device_->peak_memory_mib()) : json(nullptr)},
-         {"device_used_mib", device_ ? json(device_->device_used_mib()) : json(nullptr)},
+         {"peak_device_mib", be_->host_memory() ? json(nullptr) : json(be_->peak_allocated_bytes() / 1048576.0)},
+         {"device_used_mib", be_->host_memory() ? json(nullptr) : json(device_used_mib_)},
          {"base_rss_mib", base_rss_mib_},
          {"skipped_steps", sum.skipped_steps},
          {"interrupted", sum.interrupted},

@@ -31,8 +31,10 @@
 
 #include "config/model_config.h"
 #include "core/rng.h"
+#include "backend/backend.h"
 #include "model/model.h"
 #include "parallel/bootstrap.h"
+#include "parallel/device_groups.h"
 #include "parallel/grad_sync.h"
 
 namespace {
@@ -66,10 +68,10 @@ void routed_remote_rows(const model::Model& m, const parallel::ParallelContext& 
   // counts[l][owner]: rows this rank routes to the experts of ep rank `owner`, per MoE layer.
   std::vector<int64_t> local;
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    const moe::RouterState* rs = m.router_state(l);
-    if (!rs) continue;
+    const std::vector<int64_t>& counts = m.expert_counts()[l];
+    if (counts.empty()) continue;
     std::vector<int64_t> per_owner(ep, 0);
-    for (int32_t e : rs->idx) ++per_owner[e / El];
+    for (size_t e = 0; e < counts.size(); ++e) per_owner[e / El] += counts[e];
     local.insert(local.end(), per_owner.begin(), per_owner.end());
   }
   std::vector<int64_t> all(local.size() * W);
@@ -128,6 +130,7 @@ int main(int argc, char** argv) {
     }
     const model::LossConfig loss{model::AuxLossForm::kHfPooled, 0.001, 0.0};
     parallel::GradArenas g{P.grads(false), P.numel(false), P.grads(true), P.numel(true)};
+    parallel::DeviceGroups groups(*ctx, backend::cpu());
 
     std::vector<double> times;
     Bytes per_step{};
@@ -139,8 +142,8 @@ int main(int argc, char** argv) {
       const auto t0 = Clock::now();
       m.forward(in.data(), tg.data(), batch, seq, loss);
       m.backward();
-      parallel::sync_gradients(g, *ctx);
-      parallel::global_grad_norm(g, *ctx);
+      parallel::sync_gradients(backend::cpu(), g, *ctx, groups);
+      parallel::global_grad_norm(backend::cpu(), g, *ctx);
       double dt = std::chrono::duration<double>(Clock::now() - t0).count();
       const Bytes after = measured(*ctx);
       per_step = {after.world_ar - before.world_ar, after.edp_ar - before.edp_ar, after.ep_ar - before.ep_ar,

@@ -9,8 +9,11 @@
 //  - "experts" are affine maps y = (e + 1) x + e / 2 that depend on the global expert id, so a
 //    row delivered to the wrong expert changes the result.
 #include <cmath>
+#include <numeric>
 #include <vector>
 
+#include "backend/backend.h"
+#include "moe/dispatch.h"
 #include "moe/token_dispatcher.h"
 #include "mpi_gtest.h"
 
@@ -44,6 +47,29 @@ RankRouting routing_of(int g, int p, int P) {
 float expert_a(int64_t e) { return static_cast<float>(e + 1); }
 float expert_b(int64_t e) { return 0.5f * static_cast<float>(e); }
 
+// The MoE layer's local phase: pairs sorted by expert (dropless), rows gathered in that order.
+struct LocalPlan {
+  std::vector<int64_t> counts;
+  std::vector<int32_t> row_of, token_of;
+  std::vector<float> xp;
+};
+LocalPlan local_plan(const RankRouting& me, int64_t E) {
+  LocalPlan lp;
+  const int64_t pairs = me.tokens * kTopk;
+  lp.row_of.resize(std::max<int64_t>(pairs, 1));
+  lp.token_of.resize(std::max<int64_t>(pairs, 1));
+  lp.counts = moe::dispatch_plan_cpu(lp.row_of.data(), lp.token_of.data(), me.idx.data(), me.tokens, kTopk, E, -1);
+  lp.xp.resize(std::max<int64_t>(pairs, 1) * kHidden);
+  moe::gather_rows_cpu(lp.xp.data(), me.x.data(), lp.token_of.data(), pairs, kHidden);
+  return lp;
+}
+
+std::vector<int64_t> offsets_of(const int64_t* counts, int64_t n) {
+  std::vector<int64_t> off(n + 1, 0);
+  for (int64_t e = 0; e < n; ++e) off[e + 1] = off[e] + counts[e];
+  return off;
+}
+
 TEST(TokenDispatcher, RankTaggedRoundTripForwardAndBackward) {
   auto& ctx = test::mpi_context();
   parallel::Communicator& ep = *ctx.ep;
@@ -52,11 +78,13 @@ TEST(TokenDispatcher, RankTaggedRoundTripForwardAndBackward) {
   const RankRouting me = routing_of(g, p, P);
   const int64_t T = me.tokens;
 
-  moe::DispatchHandle h;
-  std::vector<float> xp, recv, xg;
-  moe::dispatch_preprocess(&h, &xp, me.x.data(), me.idx.data(), T, k, E, H, P);
-  moe::token_dispatch(&recv, &h, xp.data(), H, ep);
-  moe::dispatch_postprocess(&xg, recv.data(), h, H);
+  const LocalPlan lp = local_plan(me, E);
+  moe::DispatchScratch scratch(backend::cpu());
+  auto d = moe::make_all_to_all_dispatcher(backend::cpu(), E, H, ep, ep, scratch);
+  EXPECT_EQ(d->local_experts(), El);
+  const moe::ExpertIo io = d->dispatch(lp.xp.data(), lp.counts);
+  const std::vector<int64_t> got_counts(io.counts, io.counts + El), off = offsets_of(io.counts, El);
+  const float* xg = static_cast<const float*>(io.in);
 
   // Oracle of what reaches this rank, per local expert, in (source rank, token) order.
   std::vector<std::vector<std::vector<float>>> want(El);
@@ -70,24 +98,22 @@ TEST(TokenDispatcher, RankTaggedRoundTripForwardAndBackward) {
             want[e].emplace_back(src.x.begin() + t * H, src.x.begin() + (t + 1) * H);
   }
   // No ASSERT here: an early return would leave the peers inside the next collective.
-  EXPECT_EQ(h.expert_layout.counts.size(), static_cast<size_t>(El));
-  for (int64_t e = 0; e < El && h.expert_layout.counts.size() == static_cast<size_t>(El); ++e) {
-    EXPECT_EQ(h.expert_layout.counts[e], static_cast<int64_t>(want[e].size())) << "local expert " << e;
-    if (first + e == E - 1) EXPECT_EQ(h.expert_layout.counts[e], 0) << "the unused expert received rows";
-    for (size_t i = 0; i < want[e].size() && i < static_cast<size_t>(h.expert_layout.counts[e]); ++i)
+  for (int64_t e = 0; e < El; ++e) {
+    EXPECT_EQ(got_counts[e], static_cast<int64_t>(want[e].size())) << "local expert " << e;
+    if (first + e == E - 1) EXPECT_EQ(got_counts[e], 0) << "the unused expert received rows";
+    for (size_t i = 0; i < want[e].size() && i < static_cast<size_t>(got_counts[e]); ++i)
       for (int64_t c = 0; c < H; ++c)
-        EXPECT_EQ(xg[(h.expert_layout.offsets[e] + i) * H + c], want[e][i][c]) << "expert " << first + e << " row " << i;
+        EXPECT_EQ(xg[(off[e] + i) * H + c], want[e][i][c]) << "expert " << first + e << " row " << i;
   }
 
   // Experts: y = a_e x + b_e on the grouped rows.
-  std::vector<float> yg(xg.size());
+  float* yg = static_cast<float*>(io.out);
   for (int64_t e = 0; e < El; ++e)
-    for (int64_t r = h.expert_layout.offsets[e]; r < h.expert_layout.offsets[e + 1]; ++r)
+    for (int64_t r = off[e]; r < off[e + 1]; ++r)
       for (int64_t c = 0; c < H; ++c) yg[r * H + c] = expert_a(first + e) * xg[r * H + c] + expert_b(first + e);
-  std::vector<float> back, yp, out(T * H, -1.f);
-  moe::combine_preprocess(&back, yg.data(), h, H);
-  moe::token_combine(&yp, back.data(), h, H, ep);
-  moe::combine_postprocess(out.data(), yp.data(), me.w.data(), h, H);
+  const float* yp = static_cast<const float*>(d->combine());
+  std::vector<float> out(std::max<int64_t>(T, 1) * H, -1.f);
+  moe::combine_rows_cpu(out.data(), 0.f, yp, me.w.data(), lp.row_of.data(), T, k, H);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < H; ++c) {
       float o = 0.f;
@@ -99,19 +125,19 @@ TEST(TokenDispatcher, RankTaggedRoundTripForwardAndBackward) {
     }
 
   // Backward with the same handle: dweights = dout . y, dx = sum_j w a_e dout.
-  std::vector<float> dout(T * H), dyp(T * k * H), dw(T * k);
+  std::vector<float> dout(std::max<int64_t>(T, 1) * H), dyp(std::max<int64_t>(T * k, 1) * H),
+      dw(std::max<int64_t>(T * k, 1));
   for (int64_t i = 0; i < T * H; ++i) dout[i] = 0.25f * static_cast<float>(i % 7) - 0.5f + 0.01f * g;
-  moe::combine_rows_backward(dyp.data(), dw.data(), dout.data(), yp.data(), me.w.data(), h.plan, H);
-  std::vector<float> drecv, dyg, dxp, dx(T * H, -1.f);
-  moe::token_combine_backward(&drecv, dyp.data(), h, H, ep);
-  moe::dispatch_postprocess(&dyg, drecv.data(), h, H);
-  std::vector<float> dxg(dyg.size());
+  moe::combine_rows_backward_cpu(dyp.data(), dw.data(), dout.data(), yp, me.w.data(), lp.row_of.data(), T, k, H);
+  const moe::ExpertIo bio = d->combine_backward(dyp.data());
+  const float* dyg = static_cast<const float*>(bio.in);
+  float* dxg = static_cast<float*>(bio.out);
   for (int64_t e = 0; e < El; ++e)
-    for (int64_t r = h.expert_layout.offsets[e]; r < h.expert_layout.offsets[e + 1]; ++r)
+    for (int64_t r = off[e]; r < off[e + 1]; ++r)
       for (int64_t c = 0; c < H; ++c) dxg[r * H + c] = expert_a(first + e) * dyg[r * H + c];
-  moe::combine_preprocess(&drecv, dxg.data(), h, H);
-  moe::token_dispatch_backward(&dxp, drecv.data(), h, H, ep);
-  moe::dispatch_rows_backward(dx.data(), 0.f, dxp.data(), h.plan, H);
+  const float* dxp = static_cast<const float*>(d->dispatch_backward());
+  std::vector<float> dx(std::max<int64_t>(T, 1) * H, -1.f);
+  moe::dispatch_rows_backward_cpu(dx.data(), 0.f, dxp, lp.row_of.data(), T, k, H);
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t j = 0; j < k; ++j) {
       const int32_t e = me.idx[t * k + j];
@@ -134,15 +160,18 @@ TEST(TokenDispatcher, IdentityExpertsRestoreWeightedInput) {
   const int P = ep.size(), p = ep.rank();
   const RankRouting me = routing_of(ctx.world->rank(), p, P);
   const int64_t T = me.tokens, H = kHidden, k = kTopk;
-  moe::DispatchHandle h;
-  std::vector<float> xp, recv, xg, back, yp, out(T * H);
-  moe::dispatch_preprocess(&h, &xp, me.x.data(), me.idx.data(), T, k, 3 * P, H, P);
-  moe::token_dispatch(&recv, &h, xp.data(), H, ep);
-  moe::dispatch_postprocess(&xg, recv.data(), h, H);
-  moe::combine_preprocess(&back, xg.data(), h, H);
-  moe::token_combine(&yp, back.data(), h, H, ep);
-  moe::combine_postprocess(out.data(), yp.data(), me.w.data(), h, H);
-  EXPECT_EQ(yp, xp);  // the round trip returns every row to its place, bit for bit
+  const int64_t E = 3 * P;
+  const LocalPlan lp = local_plan(me, E);
+  moe::DispatchScratch scratch(backend::cpu());
+  auto d = moe::make_all_to_all_dispatcher(backend::cpu(), E, H, ep, ep, scratch);
+  const moe::ExpertIo io = d->dispatch(lp.xp.data(), lp.counts);
+  std::copy(static_cast<const float*>(io.in), static_cast<const float*>(io.in) + io.rows * H,
+            static_cast<float*>(io.out));
+  const float* yp = static_cast<const float*>(d->combine());
+  std::vector<float> out(std::max<int64_t>(T, 1) * H);
+  moe::combine_rows_cpu(out.data(), 0.f, yp, me.w.data(), lp.row_of.data(), T, k, H);
+  EXPECT_EQ(std::vector<float>(yp, yp + T * k * H), std::vector<float>(lp.xp.begin(), lp.xp.begin() + T * k * H))
+      << "the round trip returns every row to its place, bit for bit";
   for (int64_t t = 0; t < T; ++t) {
     const float s = me.w[t * k] + me.w[t * k + 1];
     for (int64_t c = 0; c < H; ++c) EXPECT_NEAR(out[t * H + c], s * me.x[t * H + c], 1e-6f * std::fabs(s * me.x[t * H + c]));

@@ -28,6 +28,7 @@
 #include "core/rng.h"
 #include "model/model.h"
 #include "mpi_gtest.h"
+#include "parallel/device_groups.h"
 #include "parallel/grad_sync.h"
 #include "parallel/zero1.h"
 
@@ -80,8 +81,9 @@ TEST(ExpertParallelModel, MatchesSingleProcessOnTheGlobalBatch) {
   dist.backward();
   auto& P = dist.params();
   parallel::GradArenas arenas{P.grads(false), P.numel(false), P.grads(true), P.numel(true)};
-  parallel::sync_gradients(arenas, ctx);
-  const double norm = parallel::global_grad_norm(arenas, ctx);
+  parallel::DeviceGroups groups(ctx, backend::cpu());
+  parallel::sync_gradients(backend::cpu(), arenas, ctx, groups);
+  const double norm = parallel::global_grad_norm(backend::cpu(), arenas, ctx);
 
   // The local experts are the contiguous block of this ep rank.
   const int64_t El = cfg.num_experts / ctx.topo.ep();
@@ -111,8 +113,9 @@ TEST(ExpertParallelModel, MatchesSingleProcessOnTheGlobalBatch) {
     if (e > worst) worst = e, worst_name = s.name;
     EXPECT_LE(e, kGradTol) << s.name << " (rank " << r << ")";
   }
-  const double ref_norm = std::sqrt(parallel::sum_squares(ref.params().grads(false), ref.params().numel(false)) +
-                                    parallel::sum_squares(ref.params().grads(true), ref.params().numel(true)));
+  backend::Backend& be = backend::cpu();
+  const double ref_norm = std::sqrt(be.sum_squares(ref.params().grads(false), ref.params().numel(false)) +
+                                    be.sum_squares(ref.params().grads(true), ref.params().numel(true)));
   std::printf("[rank %d] W=%d ep=%d: loss %.7f vs %.7f, worst grad rel err %.2e (%s), grad norm %.7f vs %.7f\n", r,
               W, ctx.topo.ep(), ce + loss.aux_coef * l.aux_global + loss.z_coef * z, ref_loss.total, worst,
               worst_name.c_str(), norm, ref_norm);
@@ -135,12 +138,13 @@ TEST(ExpertParallelModel, Zero1ShardsMatchThePlainGradientSync) {
   std::vector<float> dense(P.grads(false), P.grads(false) + P.numel(false));
   std::vector<float> expert(P.grads(true), P.grads(true) + P.numel(true));
   parallel::GradArenas plain{dense.data(), P.numel(false), expert.data(), P.numel(true)};
-  parallel::sync_gradients(plain, ctx);
-  const double plain_norm = parallel::global_grad_norm(plain, ctx);
+  parallel::DeviceGroups groups(ctx, backend::cpu());
+  parallel::sync_gradients(backend::cpu(), plain, ctx, groups);
+  const double plain_norm = parallel::global_grad_norm(backend::cpu(), plain, ctx);
 
   std::vector<parallel::ArenaTensor> arena[2];
   for (const auto& s : P.specs()) arena[s.expert].push_back({s.name, s.offset, s.numel(), s.shape[0]});
-  parallel::Zero1 z(arena[0], P.numel(false), arena[1], P.numel(true), ctx);
+  parallel::Zero1 z(arena[0], P.numel(false), arena[1], P.numel(true), ctx, backend::cpu(), groups);
   parallel::GradArenas g{P.grads(false), P.numel(false), P.grads(true), P.numel(true)};
   z.reduce_gradients(g);
   EXPECT_NEAR(z.grad_norm(g), plain_norm, 1e-6 * plain_norm);
@@ -163,6 +167,70 @@ TEST(ExpertParallelModel, Zero1ShardsMatchThePlainGradientSync) {
   std::vector<float> d(P.values(false), P.values(false) + P.numel(false)), dmax = d;
   ctx.world->all_reduce(dmax.data(), static_cast<int64_t>(dmax.size()), parallel::ReduceOp::kMax);
   EXPECT_EQ(d, dmax);
+}
+
+// The routing extensions across layouts: a capacity factor that drops pairs, sigmoid scores and
+// an aux-loss-free expert bias. Capacity is decided per micro-batch on the rank that owns the
+// tokens, before the all-to-all, so the reference runs the same micro-batches one after the
+// other (gradients averaged over them as the sync averages over ranks); every layout must give
+// its losses, gradients and the drops.
+TEST(ExpertParallelModel, CapacityAndExpertBiasMatchTheSameMicroBatchesInOneProcess) {
+  auto& ctx = test::mpi_context();
+  const int W = ctx.topo.world(), r = ctx.topo.rank();
+  config::ModelConfig cfg = tiny_moe();
+  cfg.moe_router_score_function = "sigmoid";
+  cfg.moe_router_enable_expert_bias = true;
+  cfg.norm_topk_prob = true;
+  const int64_t T = kRowsPerRank * kSeq;
+  std::vector<int64_t> tokens(W * T + 1);
+  CounterRng rng(kSeed + 5, "tokens");
+  for (size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = static_cast<int64_t>(rng.uniform(i) * cfg.vocab_size) % cfg.vocab_size;
+  const model::LossConfig loss{model::AuxLossForm::kSwitch, 0.05, 0.0};
+  const moe::MoeOptions opt{1.0};
+  // A bias that moves the routing: the same on every rank (as after the trainer's updates).
+  std::vector<std::vector<float>> bias(cfg.num_hidden_layers);
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    if (cfg.is_sparse_layer(l))
+      for (int64_t e = 0; e < cfg.num_experts; ++e) bias[l].push_back(0.05f * static_cast<float>((e * 5 + l) % 7) - 0.1f);
+
+  model::Model ref(cfg);
+  ref.params().init(kSeed, cfg.initializer_range);
+  ref.set_expert_bias(bias);
+  ref.set_moe_options(opt);
+  double ref_ce = 0, ref_aux = 0;
+  int64_t ref_dropped = 0;
+  for (int q = 0; q < W; ++q) {
+    const int64_t* in = tokens.data() + q * T;
+    const model::LossTerms t = ref.forward(in, in + 1, kRowsPerRank, kSeq, loss);
+    ref.backward();
+    ref_ce += t.ce / W;
+    ref_aux += t.aux_switch / W;
+    ref_dropped += ref.dropped_pairs();
+  }
+  backend::cpu().scale(ref.params().grads(false), 1.f / static_cast<float>(W), ref.params().numel(false));
+  backend::cpu().scale(ref.params().grads(true), 1.f / static_cast<float>(W), ref.params().numel(true));
+  EXPECT_GT(ref_dropped, 0) << "the capacity factor must drop pairs in this test";
+
+  model::Model dist(cfg, {ctx.world.get(), ctx.ep.get()});
+  dist.params().init(kSeed, cfg.initializer_range);
+  dist.set_expert_bias(bias);
+  dist.set_moe_options(opt);
+  const int64_t* in = tokens.data() + r * T;
+  const model::LossTerms l = dist.forward(in, in + 1, kRowsPerRank, kSeq, loss);
+  dist.backward();
+  const int64_t dropped = ctx.world->all_reduce_value<int64_t>(dist.dropped_pairs());
+  auto& P = dist.params();
+  parallel::GradArenas arenas{P.grads(false), P.numel(false), P.grads(true), P.numel(true)};
+  parallel::DeviceGroups groups(ctx, backend::cpu());
+  parallel::sync_gradients(backend::cpu(), arenas, ctx, groups);
+  EXPECT_EQ(dropped, ref_dropped);
+  EXPECT_NEAR(ctx.world->all_reduce_value(l.ce, parallel::ReduceOp::kAvg), ref_ce, kLossTol * ref_ce);
+  EXPECT_NEAR(ctx.world->all_reduce_value(l.aux_switch, parallel::ReduceOp::kAvg), ref_aux, kLossTol * ref_aux);
+  for (const auto& s : P.specs()) {
+    const double e = max_rel(P.get(s.name).g, ref.params().get(s.name).g, s.numel());
+    EXPECT_LE(e, kGradTol) << s.name << " (rank " << r << ")";
+  }
 }
 
 // An HF directory written by one process loads into every expert-parallel rank: each reads

@@ -1,24 +1,24 @@
-// The GPU model under expert parallelism (W ranks, ep from --ep=N, one GPU per rank) against the
-// CPU model of the same layout on the same ranks: each rank runs its slice of the global batch on
-// its GPU (f32), with the token all-to-all over NCCL, and on its CPU model (MPI); losses and every
-// gradient this rank holds must agree to f32 tolerance before and after the gradient sync.
+// The model on the CUDA backend under expert parallelism (W ranks, ep from --ep=N, one GPU per
+// rank) against the same model on the CPU backend in the same layout: each rank runs its slice of
+// the global batch on its GPU (f32), with the token all-to-all over NCCL, and on the CPU (MPI);
+// losses, every gradient this rank holds after the gradient sync (NCCL against MPI) and the
+// global norm must agree to f32 tolerance.
 // Skips in CPU builds and unless every rank has a GPU of its own (NCCL refuses two ranks per GPU).
 #include "mpi_gtest.h"
 
 #ifdef MOEKIT_WITH_CUDA
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "config/model_config.h"
-#include "core/cuda_util.h"
+#include "core/device.h"
 #include "core/rng.h"
-#include "model/gpu_model.h"
 #include "model/model.h"
 #include "parallel/bootstrap.h"
-#include "parallel/nccl_communicator.h"
+#include "parallel/device_groups.h"
+#include "parallel/grad_sync.h"
 #endif
 
 namespace moekit {
@@ -31,8 +31,8 @@ TEST(GpuExpertParallel, MatchesCpuModelOfTheSameLayout) {
   auto& ctx = test::mpi_context();
   if (!test::every_rank_has_a_gpu()) GTEST_SKIP() << "needs one GPU per rank";  // every rank skips together
   const parallel::LaunchInfo li = parallel::detect_launch();
-  cuda::Context cctx(li.local_rank);
-  auto nccl_ep = ctx.ep->size() > 1 ? parallel::make_nccl_communicator(*ctx.ep, "ep (NCCL)") : nullptr;
+  auto be = backend::make_cuda(li.local_rank % cuda_device_count(), DType::kF32);
+  parallel::DeviceGroups groups(ctx, *be);
 
   auto cfg = config::load_model_config(std::string(MOEKIT_SOURCE_DIR) + "/configs/models/tiny-moe.yaml");
   cfg.num_hidden_layers = 3;
@@ -47,29 +47,36 @@ TEST(GpuExpertParallel, MatchesCpuModelOfTheSameLayout) {
   const model::LossConfig loss{model::AuxLossForm::kHfPooled, 0.01, 0.001};
 
   model::Model cpu(cfg, {ctx.world.get(), ctx.ep.get()});
-  cpu.params().init(9, cfg.initializer_range);
-  model::GpuModel gpu(cfg, cpu.params(), cctx, model::GpuPrecision::kF32,
-                      {ctx.ep.get(), nccl_ep.get(), ctx.world.get()});
-  gpu.upload_weights(cpu.params());
+  model::Model gpu(cfg, {ctx.world.get(), ctx.ep.get(), &groups.ep()}, *be);
+  for (model::Model* m : {&cpu, &gpu}) {
+    m->params().init(9, cfg.initializer_range);
+    m->params().zero_grad();
+  }
   const model::LossTerms c = cpu.forward(in.data(), tg.data(), B, S, loss, true);
   cpu.backward();
-  gpu.zero_grad();
   const model::LossTerms g = gpu.forward(in.data(), tg.data(), B, S, loss, true);
   gpu.backward();
   EXPECT_NEAR(g.ce, c.ce, 1e-5 * c.ce);
   EXPECT_NEAR(g.total, c.total, 1e-5 * c.total);
-
-  model::ParamStore got;
-  model::declare_model_params(cfg, &got, cpu.experts_held());
-  got.finalize();
-  gpu.download_grads(&got);
+  // The gradient sync over NCCL against the sync over MPI.
+  parallel::DeviceGroups host_groups(ctx, backend::cpu());
+  auto arenas = [](model::Model& m) {
+    auto& P = m.params();
+    return parallel::GradArenas{P.grads(false), P.numel(false), P.grads(true), P.numel(true)};
+  };
+  parallel::sync_gradients(backend::cpu(), arenas(cpu), ctx, host_groups);
+  parallel::sync_gradients(*be, arenas(gpu), ctx, groups);
+  const double nc = parallel::global_grad_norm(backend::cpu(), arenas(cpu), ctx);
+  const double ng = parallel::global_grad_norm(*be, arenas(gpu), ctx);
+  EXPECT_NEAR(ng, nc, 1e-5 * nc);
   for (const auto& s : cpu.params().specs()) {
-    model::Param want = cpu.params().get(s.name), have = got.get(s.name);
+    const std::vector<float> want = backend::to_host(backend::cpu(), cpu.params().get(s.name).g, s.numel());
+    const std::vector<float> have = backend::to_host(*be, gpu.params().get(s.name).g, s.numel());
     double diff = 0, mag = 1e-12;
     for (int64_t i = 0; i < s.numel(); ++i) {
-      diff = std::max(diff, std::fabs(static_cast<double>(have.g[i]) - want.g[i]));
-      mag = std::max(mag, std::fabs(static_cast<double>(want.g[i])));
-      if (!std::isfinite(have.g[i])) diff = INFINITY;
+      diff = std::max(diff, std::fabs(static_cast<double>(have[i]) - want[i]));
+      mag = std::max(mag, std::fabs(static_cast<double>(want[i])));
+      if (!std::isfinite(have[i])) diff = INFINITY;
     }
     EXPECT_LE(diff / mag, 1e-4) << s.name << " (rank " << ctx.world->rank() << ")";
   }

@@ -8,6 +8,10 @@
 #          and continued with resume=auto in another layout: W=4/ep=4 -> W=2/ep=2; W=4/ep=2 with
 #          ZeRO-1 (row-piece checkpoint) -> W=1; W=1 -> W=4/ep=4 with ZeRO-1. Steps 1..20 must
 #          match the uninterrupted W=1 run; the W=4 checkpoint has one file per rank.
+#  Both also run DeepSeek-V3-style routing (configs/models/tiny-moe-aux-free.yaml: sigmoid scores,
+#  an aux-loss-free expert bias updated every step) with a capacity factor of 1.0 that drops
+#  pairs: W = 2 / ep = 2 and W = 4 / ep = 4 against W = 1 (parity), and W=2/ep=2 -> W=1 across a
+#  resume, where the bias comes back from the checkpoint.
 # Tolerance: |loss - loss_W1| <= 1e-5 * loss_W1 at every step. The layouts add the same f32
 # terms in different orders (micro-batch gradients summed on different ranks, then averaged),
 # about 1e-7 relative per step; training amplifies that only slowly over 20 steps (measured
@@ -43,8 +47,8 @@ stop_at_10() {  # NAME RANKS EP [extra]: preempted after step 10
   MOEKIT_DEBUG_SIGNAL_STEP=10 EXPECT_RC=143 run "$@"
 }
 export MOEKIT_DEBUG_SIGNAL_STEP=""
-compare() {  # NAME FIRST_STEP: losses of NAME against w1 from FIRST_STEP on
-  python3 - "$tmp/w1/metrics.jsonl" "$tmp/$1/metrics.jsonl" "$2" "$1" <<'PY' || fail=1
+compare() {  # NAME FIRST_STEP [REF]: losses of NAME against REF (default w1) from FIRST_STEP on
+  python3 - "$tmp/${3:-w1}/metrics.jsonl" "$tmp/$1/metrics.jsonl" "$2" "$1" <<'PY' || fail=1
 import json, sys
 ref = {r["step"]: r["loss"] for r in map(json.loads, open(sys.argv[1]))}
 got = {r["step"]: r["loss"] for r in map(json.loads, open(sys.argv[2]))}
@@ -58,7 +62,12 @@ sys.exit(0 if worst <= 1e-5 else 1)
 PY
 }
 
+# DeepSeek-V3-style routing with a capacity factor that drops pairs: the expert bias moves after
+# every step from the global load, so the layouts must agree on it step after step.
+aux_free=(--set model=configs/models/tiny-moe-aux-free.yaml --set moe.capacity_factor=1.0
+          --set moe.router_bias_update_rate=0.01 --set loss.z_coef=0)
 run w1 1 1
+run w1b 1 1 "${aux_free[@]}"
 if [ "$mode" = parity ]; then
   run w2e1 2 1
   run w2e2 2 2
@@ -66,7 +75,10 @@ if [ "$mode" = parity ]; then
   run w4e4 4 4
   run w2e1z 2 1 --set parallel.zero1=true
   run w4e2z 4 2 --set parallel.zero1=true
+  run w2e2b 2 2 "${aux_free[@]}"
+  run w4e4b 4 4 "${aux_free[@]}"
   for r in w2e1 w2e2 w4e2 w4e4 w2e1z w4e2z; do compare $r 1; done
+  for r in w2e2b w4e4b; do compare $r 1 w1b; done
   exit $fail
 fi
 
@@ -88,4 +100,8 @@ compare b 1
 stop_at_10 c 1 1
 run c 4 4 --set parallel.zero1=true --set resume=auto
 compare c 1
+# The expert bias is state: it must come back from the checkpoint bit for bit.
+stop_at_10 d 2 2 "${aux_free[@]}"
+run d 1 1 "${aux_free[@]}" --set resume=auto
+compare d 1 w1b
 exit $fail

@@ -185,30 +185,33 @@ TEST(MemoryPlan, GpuComponentsByHand) {
   EXPECT_EQ(p.experts_per_rank, 2);
   EXPECT_EQ(p.params_on_rank, 652);
   EXPECT_EQ(p.params_optimizer_shard, 85 + 48);  // ceil(508 / 6) + ceil(144 / 3)
-  EXPECT_EQ(p.weights, 652 * 2);                 // bf16
+  EXPECT_EQ(p.weights, 652 * 2);                 // the bf16 GEMM copy
   EXPECT_EQ(p.grads, 652 * 4);                   // fp32, not sharded by ZeRO-1
-  EXPECT_EQ(p.master, 133 * 4);
-  EXPECT_EQ(p.moments, 133 * 8);
+  EXPECT_EQ(p.master, 652 * 4);                  // the f32 values are the masters on a GPU: whole
+  EXPECT_EQ(p.moments, 133 * 8);                 // sharded
   // Activations (bf16 = 2 bytes unless marked f32), T = 16, H = 4, q 4, kv 2, 2 heads, E 4, k 2.
   const int64_t per_layer = 16 * (4 * 4 * 2 + 2 * 4)  // x, n1, h, n2 + two f32 rstd: 640
                             + 16 * (4 + 2 * 2) * 2    // q, k, v: 256
                             + 16 * 4 * 2              // context: 128
                             + 16 * 2 * 4;             // f32 logsumexp per head: 128
   const int64_t dense_mlp = 16 * 3 * 6 * 2;           // gate/up (2I) + act (I): 576
-  const int64_t moe = (2 * 16 * 4 * 4 + 16 * 4 + 32 * (4 + 4) + 9 * 8 + 2 * 32 * 4)  // router logits, probs, lse, idx, w, plan: 1160
-                      + 2 * 32 * 4 * 2                                           // dispatched rows, outputs: 512
-                      + 32 * 3 * 3 * 2                                           // experts gate/up, act: 576
-                      + 16 * 3 * 5 * 2 + 16 * 4 * 2 + 16 * 4;                    // shared + output + sigmoid: 672
-  const int64_t head = 16 * 8 + 16 * (2 * 4 * 2 + 4) + 16 * 10 * 2;              // ids, final norm, bf16 logits
-  EXPECT_EQ(p.activations, 3 * per_layer + dense_mlp + 2 * moe + head);          // 10640
-  // Backward: 4 (T, H) gradient buffers, plus the MoE layer's transients (the largest):
-  // dyp + dxp 512, dweights 128, router dlogits 256, then the shared expert's 672 (> experts' 576).
-  // The attention GEMM path's scores (f32) + probabilities (bf16) of one sequence of 8: 2 x 8 x 8 x 6 = 768,
-  // and the router input widened to f32, 16 x 4 x 4 = 256.
-  EXPECT_EQ(p.workspace, 4 * 16 * 4 * 2 + 512 + 128 + 256 + 672 + 768 + 256);
-  EXPECT_EQ(p.comm, 4 * 32 * 4 * 2);  // dispatch + combine, send + receive
+  const int64_t moe = (16 * 4 * 4 + 16 * 4 + 3 * 32 * 4 + 4 * 4)  // scores, lse, idx + weights + row map, bias: 720
+                      + 2 * 32 * 4 * 2                            // dispatched rows, outputs: 512
+                      + 32 * 4 * 2 + 32 * 4                       // ep = 2: received rows + their grouping: 384
+                      + 32 * 3 * 3 * 2                            // experts gate/up, act: 576
+                      + 16 * 3 * 5 * 2 + 16 * 4 * 2 + 16 * 4;     // shared + output + sigmoid: 672
+  const int64_t head = 16 * 16 + 16 * (2 * 4 * 2 + 4) + 16 * 10 * 2 + 2 * 8 * 2 * 4;  // ids, norm, logits, RoPE
+  EXPECT_EQ(p.activations, 3 * per_layer + dense_mlp + 2 * moe + head);  // 10784
+  // Workspace, every buffer at its largest use: forward outputs and gradients 5 (T, H) 640;
+  // dq, dk, dv 256; d(context)/MLP d(act) max(64, 96) x 2 + MLP d(gate, up) 384 = 576; router
+  // logits (f32) + their gradient (bf16) + top-k gradients + row tokens + d(scores) + the f32
+  // router input 256 + 128 + 256 + 16 + 256 = 912; expert outputs' gradient + experts' dx 512;
+  // shared expert 480 + 128 + 32 = 640; the attention GEMM path's scores (f32) and
+  // probabilities (bf16) of one sequence 768 + f32 dK, dV 128 + delta 128 = 1024; experts'
+  // backward d(act), d(gate, up) 576; cuBLAS' 32 MiB + loss rows 64.
+  EXPECT_EQ(p.workspace, 640 + 256 + 576 + 912 + 512 + 640 + 1024 + 576 + (int64_t{32} << 20) + 64);
+  EXPECT_EQ(p.comm, 2 * 32 * 4 * 2);  // received rows, grouped outputs
   EXPECT_EQ(p.total, p.weights + p.grads + p.master + p.moments + p.activations + p.workspace + p.comm);
-  EXPECT_EQ(p.total, 19060 + (10640 - 10448) + 768 + 256);
 }
 
 TEST(MemoryPlan, Zero1ShardsDenseOverTheWorldAndExpertsOverDp) {
@@ -226,7 +229,10 @@ TEST(MemoryPlan, Zero1ShardsDenseOverTheWorldAndExpertsOverDp) {
   EXPECT_EQ(z.weights, full.weights);  // ZeRO-1 leaves weights and gradients whole
   EXPECT_EQ(z.grads, full.grads);
   EXPECT_EQ(z.moments, z.params_optimizer_shard * 8);
-  EXPECT_EQ(z.master, z.params_optimizer_shard * 4);
+  EXPECT_EQ(z.master, z.params_on_rank * 4);  // a GPU's f32 values are its masters: never sharded
+  L.mode = train::MemoryMode::kCpu;           // the CPU keeps masters of its shard only
+  EXPECT_EQ(train::plan_memory(c, L).master, z.params_optimizer_shard * 4);
+  L.mode = train::MemoryMode::kGpu;
   // fp32 compute: the weights are the master copy.
   L.compute = DType::kF32;
   EXPECT_EQ(train::plan_memory(c, L).master, 0);

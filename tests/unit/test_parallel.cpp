@@ -107,10 +107,12 @@ TEST(LocalCommunicator, CollectivesOfOneAreCopies) {
   // Grad sync on one rank is the identity; the norm is the plain L2 norm.
   std::vector<float> d = {3.f}, e = {4.f};
   parallel::GradArenas a{d.data(), 1, e.data(), 1};
-  parallel::sync_gradients(a, *ctx);
+  parallel::DeviceGroups groups(*ctx, backend::cpu());
+  EXPECT_EQ(&groups.world(), ctx->world.get()) << "on the CPU the device groups are the context's";
+  parallel::sync_gradients(backend::cpu(), a, *ctx, groups);
   EXPECT_EQ(d[0], 3.f);
   EXPECT_EQ(e[0], 4.f);
-  EXPECT_DOUBLE_EQ(parallel::global_grad_norm(a, *ctx), 5.0);
+  EXPECT_DOUBLE_EQ(parallel::global_grad_norm(backend::cpu(), a, *ctx), 5.0);
 }
 
 // ZeRO-1 shards: equal splits moved to row starts, covering the arena once, slices whole rows.
@@ -184,28 +186,36 @@ TEST(GlobalBatchAux, AveragedRankGradientsDifferentiateTheGlobalValue) {
   }
 }
 
-// The dispatcher's six phases on a group of one reproduce the local dispatch exactly.
-TEST(TokenDispatcherLocal, SixPhasesOnOneRankEqualLocalDispatch) {
-  const int64_t T = 9, K = 2, E = 4, H = 5;
-  auto x = test::randn(T * H, 3, "x"), w = test::randn(T * K, 3, "w");
-  std::vector<int32_t> idx(T * K);
-  for (int64_t i = 0; i < T * K; ++i) idx[i] = static_cast<int32_t>((i * 7) % 3);  // expert 3 unused
+// The all-to-all dispatcher on a group of one hands the experts exactly what the local one does,
+// and both give back what the experts wrote, forward and backward.
+TEST(TokenDispatcherLocal, AllToAllOnOneRankEqualsLocalDispatch) {
+  const int64_t H = 5, E = 4;
+  const std::vector<int64_t> counts = {3, 0, 4, 2};
+  const int64_t R = 9;
+  auto xp = test::randn(R * H, 3, "xp"), dyp = test::randn(R * H, 3, "dyp");
   parallel::LocalCommunicator one("ep");
-  moe::DispatchHandle h;
-  std::vector<float> xp, recv, xg, back, yp, out(T * H), ref(T * H);
-  moe::dispatch_preprocess(&h, &xp, x.data(), idx.data(), T, K, E, H, 1);
-  moe::token_dispatch(&recv, &h, xp.data(), H, one);
-  moe::dispatch_postprocess(&xg, recv.data(), h, H);
-  EXPECT_EQ(h.expert_layout.counts, h.plan.counts);
-  EXPECT_EQ(xg, xp);
-  for (auto& v : xg) v *= 2.f;
-  moe::combine_preprocess(&back, xg.data(), h, H);
-  moe::token_combine(&yp, back.data(), h, H, one);
-  moe::combine_postprocess(out.data(), yp.data(), w.data(), h, H);
-  std::vector<float> yl(xp);
-  for (auto& v : yl) v *= 2.f;
-  moe::combine_rows(ref.data(), 0.f, yl.data(), w.data(), h.plan, H);
-  EXPECT_EQ(out, ref);
+  backend::Backend& be = backend::cpu();
+  moe::DispatchScratch scratch(be);
+  auto local = moe::make_local_dispatcher(be, E, H, scratch);
+  auto a2a = moe::make_all_to_all_dispatcher(be, E, H, one, one, scratch);
+  for (moe::TokenDispatcher* d : {local.get(), a2a.get()}) {
+    const moe::ExpertIo io = d->dispatch(xp.data(), counts);
+    ASSERT_EQ(io.rows, R);
+    EXPECT_EQ(std::vector<int64_t>(io.counts, io.counts + E), counts);
+    EXPECT_EQ(std::vector<float>(static_cast<const float*>(io.in), static_cast<const float*>(io.in) + R * H), xp);
+    float* y = static_cast<float*>(io.out);
+    for (int64_t i = 0; i < R * H; ++i) y[i] = 2.f * xp[i];
+    const float* back = static_cast<const float*>(d->combine());
+    for (int64_t i = 0; i < R * H; ++i) ASSERT_EQ(back[i], 2.f * xp[i]);
+    const moe::ExpertIo bio = d->combine_backward(dyp.data());
+    EXPECT_EQ(std::vector<float>(static_cast<const float*>(bio.in), static_cast<const float*>(bio.in) + R * H), dyp);
+    float* dx = static_cast<float*>(bio.out);
+    for (int64_t i = 0; i < R * H; ++i) dx[i] = -dyp[i];
+    const float* dxp = static_cast<const float*>(d->dispatch_backward());
+    for (int64_t i = 0; i < R * H; ++i) ASSERT_EQ(dxp[i], -dyp[i]);
+  }
+  EXPECT_EQ(local->local_experts(), E);
+  EXPECT_EQ(a2a->local_experts(), E);
 }
 
 // In one process, loss.aux = global_batch is the switch form (value and gradients).
