@@ -150,6 +150,7 @@ def main():
     c.add_files("compose", ["/usr/share/X11/locale/en_US.UTF-8/Compose"], 0.05 * mb)
     for t in edge_cases():
         c.docs.append({"text": t, "source": "edge"})
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".tmp", "w", encoding="utf-8") as f:
         for d in c.docs:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
