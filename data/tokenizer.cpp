@@ -78,7 +78,7 @@ std::string Tokenizer::decode(const int32_t* ids, size_t n) const {
 // ---- encoder -------------------------------------------------------------------------------
 
 TokenEncoder::TokenEncoder(const Tokenizer& t) : tok_(t), matcher_(t.pattern()) {
-  cache_.assign(kCacheSlots, CacheSlot{0, 0, 0, 0, 0});
+  cache_.assign(size_t{1} << kCacheBits, CacheSlot{0, 0, 0, 0});
 }
 
 void TokenEncoder::encode(std::string_view text, std::vector<int32_t>* out, bool parse_special) {
@@ -110,12 +110,8 @@ void TokenEncoder::encode_segment(std::string_view text, bool normalize, std::ve
   matcher_.split(text, tok_.spec().keep_gaps, [&](std::string_view piece) { encode_piece(piece, out); });
 }
 
-void TokenEncoder::encode_piece(std::string_view piece, std::vector<int32_t>* out) {
+void TokenEncoder::compute_piece(std::string_view piece, std::vector<int32_t>* out) {
   const BpeModel& bpe = tok_.bpe();
-  if (piece.size() == 1) {
-    out->push_back(bpe.byte_id(static_cast<uint8_t>(piece[0])));
-    return;
-  }
   if (bpe.whole_piece_lookup()) {
     const int32_t id = bpe.find(piece);
     if (id >= 0) {
@@ -123,37 +119,45 @@ void TokenEncoder::encode_piece(std::string_view piece, std::vector<int32_t>* ou
       return;
     }
   }
-  if (piece.size() > kMaxKey) {
-    bpe.merge(piece, BpeModel::kNoRank, out, &scratch_);
+  bpe.merge(piece, BpeModel::kNoRank, out, &scratch_);
+}
+
+void TokenEncoder::encode_piece(std::string_view piece, std::vector<int32_t>* out) {
+  if (piece.size() == 1) {
+    out->push_back(tok_.bpe().byte_id(static_cast<uint8_t>(piece[0])));
     return;
   }
-  const uint64_t h = bpe_hash_bytes(piece.data(), piece.size());
-  size_t s = h & (kCacheSlots - 1);
-  for (;;) {
-    const CacheSlot& c = cache_[s];
-    if (c.key_len == 0) break;
-    if (c.hash == h && c.key_len == piece.size() &&
-        std::memcmp(cache_keys_.data() + c.key_at, piece.data(), piece.size()) == 0) {
-      out->insert(out->end(), cache_ids_.begin() + c.ids_at, cache_ids_.begin() + c.ids_at + c.ids_len);
-      return;
+  if (piece.size() > kMaxKey) {
+    compute_piece(piece, out);
+    return;
+  }
+  uint64_t w[2] = {0, 0};
+  std::memcpy(w, piece.data(), piece.size());
+  const uint64_t h = (w[0] ^ (w[1] * 0xC2B2AE3D27D4EB4Full) ^ (piece.size() * 0x165667B19E3779F9ull)) * 0x9E3779B97F4A7C15ull;
+  CacheSlot& c = cache_[h >> (64 - kCacheBits)];
+  if (c.len == piece.size() && c.w0 == w[0] && c.w1 == w[1]) {
+    if (!(c.value & kMulti)) {
+      out->push_back(static_cast<int32_t>(c.value));
+    } else {
+      const int32_t* at = cache_ids_.data() + (c.value & ~kMulti);
+      out->insert(out->end(), at + 1, at + 1 + at[0]);
     }
-    s = (s + 1) & (kCacheSlots - 1);
+    return;
   }
   piece_ids_.clear();
-  bpe.merge(piece, BpeModel::kNoRank, &piece_ids_, &scratch_);
+  compute_piece(piece, &piece_ids_);
   out->insert(out->end(), piece_ids_.begin(), piece_ids_.end());
-  if (cache_used_ >= kCacheSlots / 2) {  // keep probing short: start over
-    std::fill(cache_.begin(), cache_.end(), CacheSlot{0, 0, 0, 0, 0});
-    cache_keys_.clear();
-    cache_ids_.clear();
-    cache_used_ = 0;
-    s = h & (kCacheSlots - 1);
+  if (piece_ids_.size() == 1) {
+    c = CacheSlot{w[0], w[1], static_cast<uint32_t>(piece.size()), static_cast<uint32_t>(piece_ids_[0])};
+    return;
   }
-  cache_[s] = CacheSlot{h, static_cast<uint32_t>(cache_keys_.size()), static_cast<uint32_t>(piece.size()),
-                        static_cast<uint32_t>(cache_ids_.size()), static_cast<uint32_t>(piece_ids_.size())};
-  cache_keys_.append(piece);
+  if (cache_ids_.size() + piece_ids_.size() + 1 > kMaxCacheIds) {  // the id store is full: start over
+    std::fill(cache_.begin(), cache_.end(), CacheSlot{0, 0, 0, 0});
+    cache_ids_.clear();
+  }
+  c = CacheSlot{w[0], w[1], static_cast<uint32_t>(piece.size()), kMulti | static_cast<uint32_t>(cache_ids_.size())};
+  cache_ids_.push_back(static_cast<int32_t>(piece_ids_.size()));
   cache_ids_.insert(cache_ids_.end(), piece_ids_.begin(), piece_ids_.end());
-  ++cache_used_;
 }
 
 }  // namespace moekit::data

@@ -106,21 +106,25 @@ class TokenEncoder {
  private:
   void encode_segment(std::string_view text, bool normalize, std::vector<int32_t>* out);
   void encode_piece(std::string_view piece, std::vector<int32_t>* out);
+  void compute_piece(std::string_view piece, std::vector<int32_t>* out);
 
-  // Open-addressing cache of piece -> ids for pieces of 2..kMaxKey bytes; cleared when full.
+  // A direct-mapped cache of short pieces (up to 16 bytes: most words) -> ids, small enough to
+  // stay in L2: a frequent word costs one probe instead of lookups in the token and pair tables,
+  // which are megabytes for Qwen's vocabulary and miss the cache. value: the id of a one-token
+  // piece, or kMulti | offset of [count, ids...] in cache_ids_.
   struct CacheSlot {
-    uint64_t hash;
-    uint32_t key_at, key_len, ids_at, ids_len;
+    uint64_t w0, w1;
+    uint32_t len, value;
   };
-  static constexpr size_t kCacheSlots = 1 << 16, kMaxKey = 64;
+  static constexpr int kCacheBits = 14;
+  static constexpr size_t kMaxKey = 16, kMaxCacheIds = size_t{1} << 20;
+  static constexpr uint32_t kMulti = 0x80000000u;
 
   const Tokenizer& tok_;
   PatternMatcher matcher_;
   BpeScratch scratch_;
   std::vector<CacheSlot> cache_;
-  std::string cache_keys_;
   std::vector<int32_t> cache_ids_, piece_ids_;
-  size_t cache_used_ = 0;
   std::string whole_nfc_, segment_nfc_;
 };
 

@@ -10,7 +10,7 @@ Megatron reader) must equal, document by document and with the EOS appended:
     tokenize()); with --normalize none, tiktoken on the raw text; with --special-tokens text,
     tiktoken's encode_ordinary; with --format text and small chunks (documents cut inside), the
     same ids per file;
-  - tokenizer.json: HF tokenizers and transformers' Qwen2TokenizerFast;
+  - tokenizer.json: transformers' Qwen2TokenizerFast (HF tokenizers' pipeline);
   - vocab.json + merges.txt: transformers' AutoTokenizer (slow files converted to fast).
 Also: moekit data decode gives the (NFC) text back exactly, and the output bytes are the same for
 1 and 2 threads and any chunk size. For the real vocabulary the HF files are the ones moekit
@@ -39,7 +39,6 @@ def main():
     ap.add_argument("--small", help="directory written by small_vocab.py")
     a = ap.parse_args()
     R.need("tiktoken", "tokenizers", "transformers")
-    from tokenizers import Tokenizer
     from transformers import AutoTokenizer, Qwen2TokenizerFast
 
     shutil.rmtree(a.work, ignore_errors=True)
@@ -112,16 +111,13 @@ def main():
     out = R.moekit_tokenize(a.moekit, json_dir, [a.corpus], w("json"))
     got = R.read_megatron(w("json"))[0]
     hf_eot = out["eos_id"]
-    if small:  # transformers below runs the same Rust tokenizer: once is enough for Qwen's size
-        hf_tok = Tokenizer.from_file(os.path.join(json_dir, "tokenizer.json"))
-        c.check("<|endoftext|> has the same id", hf_tok.token_to_id("<|endoftext|>") == hf_eot)
-        ref_hf = [e.ids + [hf_eot] for e in hf_tok.encode_batch(texts, add_special_tokens=False)]
-        R.compare_docs("tokenizer.json vs HF tokenizers", got, ref_hf, texts, c, show)
+    # transformers' Qwen2TokenizerFast runs HF tokenizers' Rust pipeline from tokenizer.json.
     fast = (Qwen2TokenizerFast(tokenizer_file=os.path.join(json_dir, "tokenizer.json")) if small
             else AutoTokenizer.from_pretrained(json_dir))
-    c.check(f"transformers loads {json_dir}: {type(fast).__name__}, {len(fast)} ids",
-            type(fast).__name__ == "Qwen2TokenizerFast" and len(fast) == out["vocab_size"])
-    R.compare_docs("tokenizer.json vs transformers Qwen2TokenizerFast", got,
+    c.check(f"transformers loads {json_dir}: {type(fast).__name__}, {len(fast)} ids, <|endoftext|> = {hf_eot}",
+            type(fast).__name__ == "Qwen2TokenizerFast" and len(fast) == out["vocab_size"] and
+            fast.convert_tokens_to_ids("<|endoftext|>") == hf_eot)
+    R.compare_docs("tokenizer.json vs transformers Qwen2TokenizerFast (HF tokenizers)", got,
                    [ids + [hf_eot] for ids in fast(texts)["input_ids"]], texts, c, show)
     for threads, chunk in (("1", "32"), ("2", "32"), ("2", "200")) if small else ():
         R.moekit_tokenize(a.moekit, json_dir, [a.corpus], w(f"json_{threads}_{chunk}"), "--threads", threads,

@@ -8,12 +8,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "checkpoint/tokenizer_files.h"
 #include "core/rng.h"
 #include "data/tokenizer.h"
 #include "data/tokenizer_hf.h"
@@ -386,6 +388,66 @@ TEST(TokenizerBadFiles, VocabAndMerges) {
   const auto plain = Tokenizer::load(temp_dir() + "/vm");  // no added tokens: <|endoftext|> after the vocabulary
   EXPECT_EQ(plain->special_id("<|endoftext|>"), 265);
   EXPECT_EQ(plain->num_ids(), 266);
+}
+
+// ---- exports carry the tokenizer (checkpoint/tokenizer_files.h) ----------------------------
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+TEST(TokenizerExport, QwenV1SourceGetsGeneratedHfFilesAndNoRemoteCode) {
+  write_file("v1/qwen.tiktoken", tiktoken_text(kHelloTokens));
+  write_file("v1/tokenizer_config.json", "{\"tokenizer_class\": \"QWenTokenizer\", \"auto_map\": {}}");
+  write_file("v1/tokenization_qwen.py", "# remote code\n");
+  const auto t = checkpoint::ExportTokenizer::from_source(temp_dir() + "/v1");
+  std::vector<std::string> names = t.names();
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"merges.txt", "qwen.tiktoken", "tokenizer.json", "tokenizer_config.json",
+                                             "vocab.json"}));
+  fs::create_directories(temp_dir() + "/v1_out");
+  t.write_into(temp_dir() + "/v1_out");
+  EXPECT_NE(slurp(temp_dir() + "/v1_out/tokenizer_config.json").find("Qwen2Tokenizer"), std::string::npos);
+  EXPECT_EQ(slurp(temp_dir() + "/v1_out/qwen.tiktoken"), slurp(temp_dir() + "/v1/qwen.tiktoken"));
+  const auto back = Tokenizer::load(temp_dir() + "/v1_out");
+  EXPECT_EQ(back->format(), TokenizerFormat::kTokenizerJson);
+  TokenEncoder enc(*back);
+  EXPECT_EQ(enc.encode("hello world<|im_end|>"), (std::vector<int32_t>{259, 264, 267}));
+  EXPECT_NE(t.describe().find("generated"), std::string::npos) << t.describe();
+}
+
+TEST(TokenizerExport, HfSourceIsCopiedVerbatim) {
+  write_file("hfsrc/tokenizer.json", "{\"not parsed\": true}");
+  write_file("hfsrc/special_tokens_map.json", "{}");
+  write_file("hfsrc/qwen.tiktoken", "kept as it is\n");
+  write_file("hfsrc/model.safetensors", "weights are not tokenizer files");
+  const auto t = checkpoint::ExportTokenizer::from_source(temp_dir() + "/hfsrc/tokenizer.json");
+  std::vector<std::string> names = t.names();
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"qwen.tiktoken", "special_tokens_map.json", "tokenizer.json"}));
+  fs::create_directories(temp_dir() + "/hfsrc_out");
+  t.write_into(temp_dir() + "/hfsrc_out");
+  EXPECT_EQ(slurp(temp_dir() + "/hfsrc_out/tokenizer.json"), "{\"not parsed\": true}");
+}
+
+TEST(TokenizerExport, CheckpointLooksAtInitFromThenModel) {
+  write_file("ck_none/config.json", "{}");
+  write_file("ck_tok/qwen.tiktoken", tiktoken_text(kHelloTokens));
+  write_file("ck/config.resolved.yaml", "init_from: " + temp_dir() + "/ck_none\nmodel: " + temp_dir() + "/ck_tok\n");
+  const auto t = checkpoint::ExportTokenizer::for_checkpoint(temp_dir() + "/ck", "");
+  EXPECT_EQ(t.source(), temp_dir() + "/ck_tok");
+  EXPECT_EQ(t.names().size(), 5u);
+  fs::create_directories(temp_dir() + "/ck_bare");
+  EXPECT_TRUE(checkpoint::ExportTokenizer::for_checkpoint(temp_dir() + "/ck_bare", "").empty());
+  MOEKIT_EXPECT_ERROR_HAS(checkpoint::ExportTokenizer::for_checkpoint(temp_dir() + "/ck", temp_dir() + "/ck_none"),
+                          "--tokenizer", "ck_none", "no tokenizer files");
+}
+
+TEST(TokenizerExport, CorruptTiktokenFailsBeforeAnythingIsWritten) {
+  write_file("v1bad/qwen.tiktoken", tiktoken_text(kHelloTokens) + "@@ 265\n");
+  MOEKIT_EXPECT_ERROR_HAS(checkpoint::ExportTokenizer::from_source(temp_dir() + "/v1bad"), "v1bad/qwen.tiktoken:266:",
+                          "not valid base64");
 }
 
 }  // namespace

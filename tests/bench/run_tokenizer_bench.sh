@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Tokenizer throughput of moekit against tiktoken and HF tokenizers, in the same run on the same
+# corpus (tests/tokenizer/build_corpus.py), with Qwen's real vocabulary (qwen.tiktoken from
+# launch/setup-reference; the HF side uses the tokenizer.json that `moekit data convert-tokenizer`
+# generates from it, which transformers loads as Qwen2TokenizerFast). Then `moekit data tokenize`
+# end to end (JSON lines in, Megatron .bin/.idx out). docs/PERF.md records the table.
+#   tests/bench/run_tokenizer_bench.sh [BUILD_DIR] [--mb 4] [--threads 1,2] [--repeat 3]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+build="$root/build"
+if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then build="$1"; shift; fi
+mb=4 threads="1,2" repeat=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --mb) mb="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --repeat) repeat="$2"; shift 2 ;;
+    *) echo "run_tokenizer_bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+py=/usr/bin/python3
+bench="$build/tests/bench_tokenizer"
+[ -x "$bench" ] || { echo "run_tokenizer_bench: $bench not built (run launch/setup)" >&2; exit 1; }
+vocab="$($py -c "import sys; sys.path.insert(0, '$root/tests/tokenizer'); import tokref; print(tokref.qwen_tiktoken_path() or '')")"
+[ -n "$vocab" ] || { echo "run_tokenizer_bench: no qwen.tiktoken (run launch/setup-reference)" >&2; exit 1; }
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+python3 "$root/tests/tokenizer/build_corpus.py" "$work/corpus.jsonl" --mb "$mb" >"$work/corpus.json"
+"$build/moekit" data convert-tokenizer --tokenizer "$vocab" --out "$work/hf" >/dev/null
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "corpus: $(cat "$work/corpus.json")"
+{
+  "$bench" --tokenizer "$vocab" --corpus "$work/corpus.jsonl" --threads "$threads" --repeat "$repeat" --json
+  "$bench" --tokenizer "$work/hf" --corpus "$work/corpus.jsonl" --threads "$threads" --repeat "$repeat" --json |
+    sed 's/"impl":"moekit"/"impl":"moekit (tokenizer.json)"/'
+  $py "$root/tests/bench/bench_tokenizer_peers.py" --tiktoken "$vocab" --tokenizer-json "$work/hf/tokenizer.json" \
+    --corpus "$work/corpus.jsonl" --threads "$threads" --repeat "$repeat"
+  IFS=, read -ra counts <<<"$threads"
+  for t in "${counts[@]}"; do
+    "$build/moekit" data tokenize --tokenizer "$vocab" --input "$work/corpus.jsonl" --out "$work/out$t" \
+      --threads "$t" --chunk-kb 256 --progress 0 | tail -n 1 |
+      $py -c "import json,sys; s=json.load(sys.stdin); print(json.dumps({'impl': 'moekit data tokenize (end to end)', 'threads': s['threads'], 'tokens': s['tokens'], 'bytes': s['bytes'], 'seconds': s['seconds'], 'tokens_per_s': s['tokens_per_s']}))"
+  done
+} >"$work/rows.jsonl"
+$py - "$work/rows.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+base = next(r for r in rows if r["impl"] == "tiktoken" and r["threads"] == 1)["tokens_per_s"]
+print(f"| {'implementation':<36} | threads | M tokens/s | per thread | MB/s | vs tiktoken (1 thread) |")
+print(f"|{'-' * 38}|---------|------------|------------|------|------------------------|")
+for r in rows:
+    t = r["tokens_per_s"]
+    print(f"| {r['impl']:<36} | {r['threads']:>7} | {t / 1e6:>10.2f} | {t / 1e6 / r['threads']:>10.2f} | "
+          f"{r['bytes'] / r['seconds'] / 1e6:>4.1f} | {t / base:>21.2f}x |")
+PY
