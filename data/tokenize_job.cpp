@@ -336,6 +336,7 @@ TokenizeStats tokenize_files(const Tokenizer& tok, const TokenizeOptions& opt) {
     c->seq = submitted++;
     pool.submit(std::move(c));
     while (submitted - written >= max_in_flight) write_next();
+    if (opt.between_chunks) opt.between_chunks();
     const auto now = std::chrono::steady_clock::now();
     const double since = std::chrono::duration<double>(now - last_report).count();
     if (opt.progress_seconds > 0 && since >= opt.progress_seconds) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,9 @@ struct TokenizeOptions {
   size_t chunk_bytes = 1 << 20;     // the unit of work
   size_t max_doc_bytes = size_t{1} << 30;  // longest JSON line / text stretch without a cut point
   double progress_seconds = 10;     // a progress line this often (0: none)
+  // Called by the main thread between chunks; throwing stops the job and removes its output
+  // (the command passes a check for SIGINT/SIGTERM).
+  std::function<void()> between_chunks;
 };
 
 struct TokenizeStats {

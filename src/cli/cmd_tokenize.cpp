@@ -16,6 +16,7 @@
 #include "data/tokenize_job.h"
 #include "data/tokenizer.h"
 #include "data/tokenizer_hf.h"
+#include "upcycle/staging_dir.h"
 
 namespace moekit::cli {
 
@@ -82,6 +83,8 @@ void add_tokenize(CLI::App* data, std::vector<Command>* out) {
                       MOEKIT_CHECK(job.eos_id >= 0, o->tokenizer, ": has no token ", o->eos,
                                    " to end documents with (name one with --eos, or pass --no-eos)");
                     }
+                    upcycle::InterruptGuard guard;  // Ctrl-C / SIGTERM: stop, remove the partial output
+                    job.between_chunks = upcycle::check_interrupted;
                     log_info("data tokenize: ", job.inputs.size(), " file(s), ", data::tokenizer_format_name(tok->format()),
                              " tokenizer ", tok->path(), " (", tok->num_ids(), " ids) -> ", job.out_prefix,
                              ".{bin,idx}");

@@ -103,4 +103,24 @@ expect_fail "decode ids the tokenizer lacks" "is not in the tokenizer (473 ids)"
   $moekit data decode --tokenizer "$v" "$tmp/out/s"
 expect_fail "convert-tokenizer into a non-empty directory" "not an empty directory" \
   $moekit data convert-tokenizer --tokenizer "$v" --out "$tmp/hf"
+
+# --- Ctrl-C: the job stops and removes its temp files -------------------------------------
+python3 -c "
+import json
+line = json.dumps({'text': 'hello world, the quick brown fox jumps over the lazy dog. ' * 40}) + '\n'
+open('$tmp/in/big.jsonl', 'w').write(line * 20000)"
+$moekit data tokenize --tokenizer "$v" --input "$tmp/in/big.jsonl" --out "$tmp/out/big" --threads 1 --chunk-kb 64 \
+  --progress 0 >"$tmp/int.out" 2>&1 &
+pid=$!
+sleep 0.3
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+rc=$?
+if [ $rc -ne 0 ] && grep -q "interrupted by signal 2" "$tmp/int.out"; then
+  ! ls "$tmp/out" | grep -q "^big" && ok "SIGINT: stopped, nothing left" || bad "SIGINT left $(ls "$tmp/out" | grep big)"
+elif [ $rc -eq 0 ]; then
+  echo "note - the job finished before the signal; SIGINT not exercised"
+else
+  bad "SIGINT (rc=$rc): $(cat "$tmp/int.out")"
+fi
 finish
