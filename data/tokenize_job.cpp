@@ -3,6 +3,7 @@
 
 #include <glob.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>

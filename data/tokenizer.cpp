@@ -3,6 +3,8 @@
 #include "data/tokenizer.h"
 
 #include <algorithm>
+#include <cstring>
+#include <utility>
 
 #include "core/check.h"
 #include "data/unicode_text.h"
@@ -19,13 +21,13 @@ const char* tokenizer_format_name(TokenizerFormat f) {
 }
 
 Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)) {
+  // The BPE model takes the token bytes over.
   if (spec_.format == TokenizerFormat::kTiktoken) {
-    bpe_ = BpeModel::from_ranks(spec_.tokens);
+    bpe_ = BpeModel::from_ranks(std::move(spec_.tokens));
   } else {
-    bpe_ = BpeModel::from_merges(spec_.tokens, spec_.merges, spec_.ignore_merges);
+    bpe_ = BpeModel::from_merges(std::move(spec_.tokens), spec_.merges, spec_.ignore_merges);
   }
-  spec_.tokens.clear();  // the BPE model owns the bytes now
-  spec_.tokens.shrink_to_fit();
+  spec_.tokens = {};
   spec_.merges.clear();
   spec_.merges.shrink_to_fit();
   pattern_ = std::make_unique<Pattern>(spec_.pattern, spec_.path);

@@ -2,6 +2,8 @@
 // tokenizer_config.json). All of them are untrusted input: sizes are bounded before reading,
 // every field is checked before use and every error names the file and the line or JSON key.
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>

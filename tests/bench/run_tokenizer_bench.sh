@@ -40,17 +40,26 @@ echo "corpus: $(cat "$work/corpus.json")"
   for t in "${counts[@]}"; do
     "$build/moekit" data tokenize --tokenizer "$vocab" --input "$work/corpus.jsonl" --out "$work/out$t" \
       --threads "$t" --chunk-kb 256 --progress 0 | tail -n 1 |
-      $py -c "import json,sys; s=json.load(sys.stdin); print(json.dumps({'impl': 'moekit data tokenize (end to end)', 'threads': s['threads'], 'tokens': s['tokens'], 'bytes': s['bytes'], 'seconds': s['seconds'], 'tokens_per_s': s['tokens_per_s']}))"
+      $py -c "import json,sys; s=json.load(sys.stdin); print(json.dumps({'impl': 'moekit data tokenize (end to end)', 'threads': s['threads'], 'tokens': s['tokens'], 'bytes': s['bytes'], 'seconds': s['seconds'], 'cpu_seconds': None, 'tokens_per_s': s['tokens_per_s']}))"
   done
 } >"$work/rows.jsonl"
 $py - "$work/rows.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-base = next(r for r in rows if r["impl"] == "tiktoken" and r["threads"] == 1)["tokens_per_s"]
-print(f"| {'implementation':<36} | threads | M tokens/s | per thread | MB/s | vs tiktoken (1 thread) |")
-print(f"|{'-' * 38}|---------|------------|------------|------|------------------------|")
+tik = next(r for r in rows if r["impl"] == "tiktoken" and r["threads"] == 1)
+base, base_cpu = tik["tokens_per_s"], tik["tokens"] / tik["cpu_seconds"]
+print("wall: M tokens/s over the run; CPU: M tokens per CPU-second of the process (what one core does)")
+print(f"| {'implementation':<36} | threads | wall M tok/s | MB/s | speed-up vs 1 thread | CPU M tok/s per core | "
+      f"vs tiktoken per core |")
+print(f"|{'-' * 38}|---------|--------------|------|----------------------|----------------------|"
+      f"----------------------|")
+one = {}
 for r in rows:
     t = r["tokens_per_s"]
-    print(f"| {r['impl']:<36} | {r['threads']:>7} | {t / 1e6:>10.2f} | {t / 1e6 / r['threads']:>10.2f} | "
-          f"{r['bytes'] / r['seconds'] / 1e6:>4.1f} | {t / base:>21.2f}x |")
+    one.setdefault(r["impl"], t)
+    per_core = r["tokens"] / r["cpu_seconds"] if r.get("cpu_seconds") else None
+    pc = f"{per_core / 1e6:>20.2f}" if per_core else f"{'':>20}"
+    vs = f"{per_core / base_cpu:>19.2f}x" if per_core else f"{'':>20}"
+    print(f"| {r['impl']:<36} | {r['threads']:>7} | {t / 1e6:>12.2f} | {r['bytes'] / r['seconds'] / 1e6:>4.1f} | "
+          f"{t / one[r['impl']]:>19.2f}x | {pc} | {vs} |")
 PY
