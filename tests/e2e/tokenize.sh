@@ -57,6 +57,20 @@ printf '' >"$tmp/in/t2.txt"
 out="$($moekit data tokenize --tokenizer "$v" --input "$tmp/in/t*.txt" --format text --out "$tmp/out/t" --no-eos)"
 python3 -c "import json,sys; s=json.loads(sys.argv[1]); assert s['files']==2 and s['documents']==2, s" \
   "$(tail -n 1 <<<"$out")" && ok "text files by glob, one document each (an empty one too)" || bad "text glob: $out"
+# Text files are cut inside documents at line starts; the ids must not depend on where.
+python3 - "$tmp/in/long.txt" <<'PY'
+import sys
+starts = ["hello", " world", "  \t", "\u0301x", "\u4e2d\u6587", "<|endoftext|>", "'ll", "123", "\u3000y", "!!", "\r"]
+lines = [starts[i % len(starts)] + (" hello world" * (i % 7)) + ("\n" * (1 + i % 3)) for i in range(6000)]
+open(sys.argv[1], "w", encoding="utf-8").write("".join(lines))
+PY
+for kb in 4 64 4096; do
+  $moekit data tokenize --tokenizer "$v" --input "$tmp/in/long.txt" --format text --chunk-kb $kb --out "$tmp/out/long$kb" \
+    --progress 0 >/dev/null || bad "text chunks of $kb KB"
+done
+cmp -s "$tmp/out/long4.bin" "$tmp/out/long4096.bin" && cmp -s "$tmp/out/long64.bin" "$tmp/out/long4096.bin" &&
+  cmp -s "$tmp/out/long4.idx" "$tmp/out/long4096.idx" && ok "a text file cut into 4 KB or 64 KB chunks encodes as one" ||
+  bad "text chunking changes the ids"
 $moekit data convert-tokenizer --tokenizer "$v" --out "$tmp/hf" >/dev/null &&
   [ -f "$tmp/hf/tokenizer.json" ] && [ -f "$tmp/hf/merges.txt" ] && grep -q '"Qwen2Tokenizer"' "$tmp/hf/tokenizer_config.json" &&
   ok "convert-tokenizer writes HF files" || bad "convert-tokenizer"
