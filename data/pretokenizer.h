@@ -26,8 +26,6 @@ namespace moekit::data {
 // Qwen's pattern (Qwen v1 tokenization_qwen.py PAT_STR, Qwen2 tokenizer.json Split regex).
 inline constexpr char kQwenPattern[] =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-// GPT-2's (tokenizers' ByteLevel pre-tokenizer with use_regex: true).
-inline constexpr char kGpt2Pattern[] = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // The pattern as PCRE2 must see it to match like the Rust and Oniguruma engines (see above).
 std::string pcre2_pattern_for(const std::string& pattern);
@@ -47,7 +45,8 @@ class Pattern {
   // True for Qwen's pattern, which ends a piece at every "\n" followed by a non-space character
   // (no alternative continues past such a newline, none looks behind, and \s*[\r\n]+ ends a
   // whitespace run at its last newline whatever follows): text may be cut there and
-  // pre-tokenized in pieces. Not GPT-2's: its \s+(?!\S) would take "  \n" whole at a cut.
+  // pre-tokenized in pieces. Not every pattern: with GPT-2's (\s+(?!\S) and no \s*[\r\n]+ before
+  // it) "  \nX" gives "  ", "\n", "X", but "  \n" cut off before the X is one piece.
   bool splits_after_newline() const { return splits_after_newline_; }
   pcre2_real_code_8* code() const { return code_; }
 

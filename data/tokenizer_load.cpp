@@ -244,15 +244,9 @@ void read_normalizer(const json& n, const std::string& path, TokenizerSpec* spec
 
 void read_pre_tokenizer(const json& p, const std::string& path, TokenizerSpec* spec) {
   const std::string bad = path + ": pre_tokenizer " + show(p.dump().substr(0, 200)) +
-                          " is not supported (expected Qwen's: Sequence[Split(Regex, Isolated), ByteLevel] or "
-                          "ByteLevel(use_regex))";
+                          " is not supported (expected Qwen's: Sequence[Split(Regex, Isolated), ByteLevel])";
   MOEKIT_CHECK(p.is_object(), bad);
   const std::string type = p.value("type", "");
-  if (type == "ByteLevel") {
-    MOEKIT_CHECK(json_is_false_or_null(p, "add_prefix_space") && p.value("use_regex", true), bad);
-    spec->pattern = kGpt2Pattern;
-    return;
-  }
   MOEKIT_CHECK(type == "Sequence" && p.contains("pretokenizers") && p["pretokenizers"].is_array() &&
                    p["pretokenizers"].size() == 2,
                bad);
