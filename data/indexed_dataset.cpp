@@ -148,16 +148,18 @@ IndexedDatasetWriter::IndexedDatasetWriter(const std::string& prefix, int64_t vo
                " does not fit ", token_dtype_name(dtype), " tokens (1 to ", max_vocab, ")");
 }
 
-void IndexedDatasetWriter::add_document(const int64_t* tokens, int64_t n) {
-  MOEKIT_CHECK(!finished_, prefix_, ": add_document after finish");
-  MOEKIT_CHECK(n >= 0 && n <= std::numeric_limits<int32_t>::max(), prefix_, ": document ", num_documents(), " has ",
-               n, " tokens; Megatron sequence lengths are int32");
+template <typename T>
+void IndexedDatasetWriter::write_tokens(const T* tokens, int64_t n) {
+  MOEKIT_CHECK(!finished_, prefix_, ": tokens added after finish");
+  MOEKIT_CHECK(n >= 0 && open_length_ + n <= std::numeric_limits<int32_t>::max(), prefix_, ": document ",
+               num_documents(), " has more than ", std::numeric_limits<int32_t>::max(),
+               " tokens; Megatron sequence lengths are int32");
   const int item = token_itemsize(dtype_);
   scratch_.resize(static_cast<size_t>(n) * item);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = tokens[i];
-    MOEKIT_CHECK(t >= 0 && t < vocab_size_, prefix_, ": document ", num_documents(), " offset ", i, ": token id ", t,
-                 " out of range [0, ", vocab_size_, ")");
+    MOEKIT_CHECK(t >= 0 && t < vocab_size_, prefix_, ": document ", num_documents(), " offset ", open_length_ + i,
+                 ": token id ", t, " out of range [0, ", vocab_size_, ")");
     if (dtype_ == TokenDType::kUInt16) {
       const uint16_t v = static_cast<uint16_t>(t);
       std::memcpy(&scratch_[2 * i], &v, 2);
@@ -167,12 +169,26 @@ void IndexedDatasetWriter::add_document(const int64_t* tokens, int64_t n) {
     }
   }
   bin_.write(scratch_.data(), scratch_.size());
-  lengths_.push_back(static_cast<int32_t>(n));
+  open_length_ += n;
   num_tokens_ += n;
+}
+
+void IndexedDatasetWriter::add_document(const int64_t* tokens, int64_t n) {
+  MOEKIT_CHECK(open_length_ == 0, prefix_, ": add_document while document ", num_documents(), " is open");
+  write_tokens(tokens, n);
+  end_document();
+}
+
+void IndexedDatasetWriter::append_tokens(const int32_t* tokens, int64_t n) { write_tokens(tokens, n); }
+
+void IndexedDatasetWriter::end_document() {
+  lengths_.push_back(static_cast<int32_t>(open_length_));
+  open_length_ = 0;
 }
 
 void IndexedDatasetWriter::finish() {
   MOEKIT_CHECK(!finished_, prefix_, ": finish called twice");
+  MOEKIT_CHECK(open_length_ == 0, prefix_, ": finish while document ", num_documents(), " is open");
   AtomicWriter idx(prefix_ + ".idx");
   idx.write(kMegatronMagic, 9);
   idx.write_value<uint64_t>(1);

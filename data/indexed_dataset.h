@@ -78,6 +78,10 @@ class IndexedDatasetWriter {
   // Every token must be in [0, vocab_size); errors name the document and offset.
   void add_document(const int64_t* tokens, int64_t n);
   void add_document(const std::vector<int64_t>& tokens) { add_document(tokens.data(), static_cast<int64_t>(tokens.size())); }
+  // Streaming form, for documents too long to hold: append their tokens in pieces, then
+  // end_document().
+  void append_tokens(const int32_t* tokens, int64_t n);
+  void end_document();
   void finish();
 
   int64_t num_documents() const { return static_cast<int64_t>(lengths_.size()); }
@@ -88,10 +92,14 @@ class IndexedDatasetWriter {
   std::string prefix_;
   int64_t vocab_size_;
   TokenDType dtype_;
+  template <typename T>
+  void write_tokens(const T* tokens, int64_t n);
+
   AtomicWriter bin_;
   std::vector<int32_t> lengths_;
   std::vector<uint8_t> scratch_;
   int64_t num_tokens_ = 0;
+  int64_t open_length_ = 0;  // tokens of the document being appended
   bool finished_ = false;
 };
 

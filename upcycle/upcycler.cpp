@@ -21,6 +21,7 @@
 
 #include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/shard_writer.h"
+#include "checkpoint/tokenizer_files.h"
 #include "core/check.h"
 #include "core/log.h"
 #include "model/model.h"
@@ -307,22 +308,10 @@ void copy_side_files(const DenseSource& dense, const config::ModelConfig& moe, c
   } else {
     write_text_file((fs::path(dir) / "generation_config.json").string(), checkpoint::generation_config_json(moe));
   }
-  for (const char* const* f = tokenizer_files(); *f != nullptr; ++f) {
-    const fs::path src = fs::path(dense.dir()) / *f;
-    if (!fs::is_regular_file(src, ec)) continue;
-    fs::copy_file(src, fs::path(dir) / *f, ec);
-    MOEKIT_CHECK(!ec, src.string(), ": cannot copy: ", ec.message());
-  }
+  checkpoint::ExportTokenizer::from_source(dense.dir()).write_into(dir);
 }
 
 }  // namespace
-
-const char* const* tokenizer_files() {
-  static const char* const kFiles[] = {"tokenizer.json",      "tokenizer_config.json", "vocab.json",
-                                       "merges.txt",          "special_tokens_map.json", "added_tokens.json",
-                                       "qwen.tiktoken",       "tokenization_qwen.py",  nullptr};
-  return kFiles;
-}
 
 UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt) {
   InterruptGuard guard;

@@ -40,7 +40,4 @@ struct UpcycleSummary {
 
 UpcycleSummary upcycle(Recipe recipe, const UpcycleOptions& opt);
 
-// Files copied from the dense directory when present (tokenizer of Qwen2 and of Qwen v1).
-const char* const* tokenizer_files();
-
 }  // namespace moekit::upcycle

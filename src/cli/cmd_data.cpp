@@ -3,6 +3,8 @@
 //                corpus of data/synth.h as PREFIX.bin/.idx + PREFIX.synth.json; the last stdout
 //                line is JSON with the counts and the entropy figures.
 //   data inspect PATH...: counts, document lengths, histogram, top tokens, coverage (--json).
+//   data tokenize | decode | convert-tokenizer: text <-> tokens with the Qwen tokenizer
+//                (cmd_tokenize.cpp).
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -115,11 +117,13 @@ void add_inspect(CLI::App* data, std::vector<Command>* out) {
 }  // namespace
 
 void add_data_command(CLI::App& root, std::vector<Command>* out) {
-  CLI::App* data = root.add_subcommand("data", "Token datasets: synthetic corpus, statistics");
+  CLI::App* data =
+      root.add_subcommand("data", "Token datasets: tokenize text, synthetic corpus, statistics, decode");
   data->require_subcommand(1);
   std::vector<Command> subs;
   add_synth(data, &subs);
   add_inspect(data, &subs);
+  add_tokenizer_subcommands(data, &subs);
   out->push_back({data, [subs]() {
                     for (const auto& s : subs)
                       if (s.app->parsed()) return s.run();

@@ -1,6 +1,8 @@
 // moekit export: an HDF5 training checkpoint -> an HF directory (config.json,
-// generation_config.json, safetensors shards), as the upcycler writes them.
+// generation_config.json, safetensors shards), as the upcycler writes them, plus the tokenizer
+// files of the run's source model (checkpoint/tokenizer_files.h).
 #include "checkpoint/hf_checkpoint.h"
+#include "checkpoint/tokenizer_files.h"
 #include "cli/commands.h"
 #include "core/log.h"
 #include "train/model_io.h"
@@ -9,7 +11,7 @@ namespace moekit::cli {
 
 void add_export_command(CLI::App& root, std::vector<Command>* out) {
   struct Opts {
-    std::string checkpoint, out, dtype = "bf16";
+    std::string checkpoint, out, dtype = "bf16", tokenizer;
     double max_shard_gb = 5.0;
   };
   auto o = std::make_shared<Opts>();
@@ -22,13 +24,20 @@ void add_export_command(CLI::App& root, std::vector<Command>* out) {
   app->add_option("--dtype", o->dtype, "Weights on disk: bf16 (default), fp16 or fp32")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   app->add_option("--max-shard-gb", o->max_shard_gb, "Largest safetensors shard in GB (default 5)");
+  app->add_option("--tokenizer", o->tokenizer,
+                  "Tokenizer files to carry (a directory, qwen.tiktoken or tokenizer.json; default: those of the "
+                  "run's init_from or model directory)");
   out->push_back({app, [o]() {
                     int64_t step = 0;
                     const auto m = train::load_checkpoint_model(o->checkpoint, &step);
                     const DType dt = o->dtype == "fp32" ? DType::kF32 : o->dtype == "fp16" ? DType::kF16 : DType::kBF16;
                     MOEKIT_CHECK(o->max_shard_gb > 0, "--max-shard-gb must be > 0");
+                    const auto tok = checkpoint::ExportTokenizer::for_checkpoint(
+                        train::resolve_checkpoint_dir(o->checkpoint), o->tokenizer);
                     checkpoint::save_hf_model(*m, o->out, dt, static_cast<uint64_t>(o->max_shard_gb * 1e9));
-                    log_info("export: ", o->checkpoint, " (step ", step, ") -> ", o->out, " (", o->dtype, ")");
+                    tok.write_into(o->out);
+                    log_info("export: ", o->checkpoint, " (step ", step, ") -> ", o->out, " (", o->dtype, "); tokenizer: ",
+                             tok.describe());
                     return 0;
                   }});
 }

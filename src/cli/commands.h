@@ -21,6 +21,8 @@ void add_export_command(CLI::App& root, std::vector<Command>* out);
 void add_report_command(CLI::App& root, std::vector<Command>* out);
 void add_cost_command(CLI::App& root, std::vector<Command>* out);
 void add_upcycle_command(CLI::App& root, std::vector<Command>* out);
+// `data tokenize`, `data decode`, `data convert-tokenizer` (cmd_tokenize.cpp).
+void add_tokenizer_subcommands(CLI::App* data, std::vector<Command>* out);
 
 // "1,2,3" -> {1, 2, 3}; errors name the offending item.
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& what);

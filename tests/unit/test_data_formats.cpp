@@ -14,6 +14,7 @@
 #include "data/indexed_dataset.h"
 #include "data/llmc_shard.h"
 #include "data/token_dataset.h"
+#include "test_util.h"
 
 namespace moekit::data {
 namespace {
@@ -165,6 +166,28 @@ TEST(DataMegatron, WriterRejectsOutOfRangeTokenAndLeavesNothing) {
   EXPECT_NE(access((prefix + ".bin").c_str(), F_OK), 0);
   EXPECT_NE(access((prefix + ".idx").c_str(), F_OK), 0);
   EXPECT_NE(access((prefix + ".bin.tmp." + std::to_string(getpid())).c_str(), F_OK), 0);
+}
+
+TEST(DataMegatron, StreamedDocumentsEqualWholeOnes) {
+  // append_tokens in pieces + end_document writes the same bytes as add_document.
+  const std::vector<std::vector<int64_t>> docs{{4, 5, 6, 7, 8}, {}, {9}};
+  const std::string whole = temp_dir() + "/whole", streamed = temp_dir() + "/streamed";
+  IndexedDatasetWriter a(whole, 100), b(streamed, 100);
+  for (const auto& d : docs) {
+    a.add_document(d);
+    const std::vector<int32_t> d32(d.begin(), d.end());
+    for (size_t at = 0; at < d32.size(); at += 2) b.append_tokens(d32.data() + at, std::min<int64_t>(2, d32.size() - at));
+    b.end_document();
+  }
+  a.finish();
+  b.finish();
+  EXPECT_EQ(read_bytes(whole + ".bin"), read_bytes(streamed + ".bin"));
+  EXPECT_EQ(read_bytes(whole + ".idx"), read_bytes(streamed + ".idx"));
+  IndexedDatasetWriter c(temp_dir() + "/open", 100);
+  const int32_t t = 1;
+  c.append_tokens(&t, 1);
+  MOEKIT_EXPECT_ERROR_HAS(c.add_document({2}), "while document 0 is open");
+  MOEKIT_EXPECT_ERROR_HAS(c.finish(), "finish while document 0 is open");
 }
 
 // ---- one test per validation rule ---------------------------------------------------------
