@@ -1,5 +1,6 @@
 // moekit export: an HDF5 training checkpoint -> an HF directory (config.json,
-// generation_config.json, safetensors shards), as the upcycler writes them.
+// generation_config.json, safetensors shards), as the upcycler writes them. The generation config
+// is the one the run's HF source had (kept in the checkpoint's meta.json), else generated.
 #include "checkpoint/hf_checkpoint.h"
 #include "cli/commands.h"
 #include "core/log.h"
@@ -24,11 +25,18 @@ void add_export_command(CLI::App& root, std::vector<Command>* out) {
   app->add_option("--max-shard-gb", o->max_shard_gb, "Largest safetensors shard in GB (default 5)");
   out->push_back({app, [o]() {
                     int64_t step = 0;
-                    const auto m = train::load_checkpoint_model(o->checkpoint, &step);
+                    std::string generation_config;
+                    const auto m = train::load_checkpoint_model(o->checkpoint, &step, &generation_config);
                     const DType dt = o->dtype == "fp32" ? DType::kF32 : o->dtype == "fp16" ? DType::kF16 : DType::kBF16;
                     MOEKIT_CHECK(o->max_shard_gb > 0, "--max-shard-gb must be > 0");
-                    checkpoint::save_hf_model(*m, o->out, dt, static_cast<uint64_t>(o->max_shard_gb * 1e9));
-                    log_info("export: ", o->checkpoint, " (step ", step, ") -> ", o->out, " (", o->dtype, ")");
+                    checkpoint::save_hf_model(*m, o->out, dt, static_cast<uint64_t>(o->max_shard_gb * 1e9),
+                                              generation_config);
+                    log_info("export: ", o->checkpoint, " (step ", step, ") -> ", o->out, " (", o->dtype,
+                             "); generation_config.json ",
+                             generation_config.empty() ? "generated from the model config (the run had no HF source)"
+                                                       : "as the run's HF source had it");
+                    const std::string no_gguf = checkpoint::gguf_incompatibility(m->config());
+                    if (!no_gguf.empty()) log_warn("export: ", o->out, ": ", no_gguf);
                     return 0;
                   }});
 }
