@@ -15,7 +15,8 @@ void add_export_command(CLI::App& root, std::vector<Command>* out) {
   };
   auto o = std::make_shared<Opts>();
   CLI::App* app = root.add_subcommand(
-      "export", "Export a training checkpoint (fp32 master weights) as an HF directory that transformers loads");
+      "export", "Export a training checkpoint (fp32 master weights) as an HF directory that transformers loads; "
+                "generation_config.json is the run's HF source's (init_from / model directory), else generated");
   app->add_option("--checkpoint", o->checkpoint,
                   "RUN_DIR/checkpoints/step_N, or a run directory (its latest checkpoint)")
       ->required();
