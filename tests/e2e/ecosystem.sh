@@ -147,8 +147,9 @@ PY
 # --- qkv_bias: false exports in transformers ------------------------------------------------
 toks=$($py -c "import random; r=random.Random(3); print(','.join(str(r.randrange(2, 512)) for _ in range(48)))")
 venv_py="$cache/transformers-4.57.6/bin/python"
-tf_new=0
+tf_new=0 has_new=0
 if "$venv_py" -c "import transformers as t; assert t.__version__ == '4.57.6'" 2>/dev/null; then
+  has_new=1
   "$venv_py" -c "import transformers.utils as u; assert u.is_torch_available()" 2>/dev/null && tf_new=1 ||
     echo "skip - transformers 4.57.6 models need PyTorch >= 2.1 (this Python has $($py -c 'import torch; print(torch.__version__)' 2>/dev/null)): its config classes only"
 else
@@ -185,7 +186,7 @@ if [ $has_tf = 1 ]; then
   $py -c "$check" "$toks" 1 "${nb[@]}" && ok "qkv_bias false MoE and dense exports: transformers 4.45.2 loads them, logits agree" ||
     bad "qkv_bias false exports in transformers 4.45.2"
 fi
-if [ -x "$venv_py" ]; then
+if [ $has_new = 1 ]; then
   "$venv_py" -c "$check" "$toks" $tf_new "${nb[@]}" 2>/dev/null &&
     ok "qkv_bias false MoE and dense exports: transformers 4.57.6 $([ $tf_new = 1 ] && echo "loads them, logits agree" || echo "reads the config")" ||
     bad "qkv_bias false exports in transformers 4.57.6"
