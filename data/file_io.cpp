@@ -15,33 +15,46 @@ namespace moekit::data {
 
 int token_itemsize(TokenDType dtype) {
   switch (dtype) {
+    case TokenDType::kUInt8: return 1;
+    case TokenDType::kInt8: return 1;
     case TokenDType::kUInt16: return 2;
+    case TokenDType::kInt16: return 2;
     case TokenDType::kInt32: return 4;
     case TokenDType::kUInt32: return 4;
+    case TokenDType::kInt64: return 8;
   }
   return 0;
 }
 
 const char* token_dtype_name(TokenDType dtype) {
   switch (dtype) {
+    case TokenDType::kUInt8: return "uint8";
+    case TokenDType::kInt8: return "int8";
     case TokenDType::kUInt16: return "uint16";
+    case TokenDType::kInt16: return "int16";
     case TokenDType::kInt32: return "int32";
     case TokenDType::kUInt32: return "uint32";
+    case TokenDType::kInt64: return "int64";
   }
   return "?";
 }
 
+namespace {
+template <typename T>
+void widen(const uint8_t* src, int64_t n, int64_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<int64_t>(load_le<T>(src + sizeof(T) * i));
+}
+}  // namespace
+
 void widen_tokens(const uint8_t* src, TokenDType dtype, int64_t n, int64_t* out) {
   switch (dtype) {
-    case TokenDType::kUInt16:
-      for (int64_t i = 0; i < n; ++i) out[i] = load_le<uint16_t>(src + 2 * i);
-      return;
-    case TokenDType::kInt32:
-      for (int64_t i = 0; i < n; ++i) out[i] = load_le<int32_t>(src + 4 * i);
-      return;
-    case TokenDType::kUInt32:
-      for (int64_t i = 0; i < n; ++i) out[i] = load_le<uint32_t>(src + 4 * i);
-      return;
+    case TokenDType::kUInt8: return widen<uint8_t>(src, n, out);
+    case TokenDType::kInt8: return widen<int8_t>(src, n, out);
+    case TokenDType::kUInt16: return widen<uint16_t>(src, n, out);
+    case TokenDType::kInt16: return widen<int16_t>(src, n, out);
+    case TokenDType::kInt32: return widen<int32_t>(src, n, out);
+    case TokenDType::kUInt32: return widen<uint32_t>(src, n, out);
+    case TokenDType::kInt64: return widen<int64_t>(src, n, out);
   }
 }
 

@@ -14,8 +14,9 @@ namespace moekit::data {
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "moekit's token formats are little-endian; a big-endian host needs byte swaps here");
 
-// How token ids are stored on disk. Every reader hands them out as int64.
-enum class TokenDType : uint8_t { kUInt16, kInt32, kUInt32 };
+// How token ids are stored on disk. Every reader hands them out as int64 (signed types may hold
+// negative ids: the loader's vocabulary check refuses them, naming the file and offset).
+enum class TokenDType : uint8_t { kUInt16, kInt32, kUInt32, kUInt8, kInt8, kInt16, kInt64 };
 
 int token_itemsize(TokenDType dtype);
 const char* token_dtype_name(TokenDType dtype);

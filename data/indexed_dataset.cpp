@@ -13,6 +13,40 @@ TokenDType megatron_optimal_dtype(int64_t vocab_size) {
   return vocab_size < 65500 ? TokenDType::kUInt16 : TokenDType::kInt32;
 }
 
+namespace {
+struct CodeEntry {
+  uint8_t code;
+  TokenDType dtype;
+  int64_t max_vocab;  // ids [0, max_vocab) fit
+};
+constexpr CodeEntry kCodes[] = {{1, TokenDType::kUInt8, 256},
+                                {2, TokenDType::kInt8, 128},
+                                {3, TokenDType::kInt16, 32768},
+                                {kMegatronCodeInt32, TokenDType::kInt32, int64_t{1} << 31},
+                                {5, TokenDType::kInt64, std::numeric_limits<int64_t>::max()},
+                                {kMegatronCodeUInt16, TokenDType::kUInt16, 65536}};
+const CodeEntry* code_entry(TokenDType dtype) {
+  for (const CodeEntry& e : kCodes)
+    if (e.dtype == dtype) return &e;
+  return nullptr;
+}
+}  // namespace
+
+bool megatron_token_dtype(uint8_t code, TokenDType* dtype) {
+  for (const CodeEntry& e : kCodes)
+    if (e.code == code) {
+      *dtype = e.dtype;
+      return true;
+    }
+  return false;
+}
+
+uint8_t megatron_code(TokenDType dtype) {
+  const CodeEntry* e = code_entry(dtype);
+  MOEKIT_CHECK(e != nullptr, "Megatron datasets have no ", token_dtype_name(dtype), " token type");
+  return e->code;
+}
+
 IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
   MOEKIT_CHECK(file_exists(idx_path()), idx_path(), ": no such file (expected a Megatron dataset prefix ", prefix,
                " with .idx and .bin)");
@@ -24,7 +58,8 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
 
 // The rules, in order; each failure names the file, the field and the values involved:
 //  1. .idx size >= 34 (the header);  2. magic;  3. version == 1;
-//  4. dtype code 4 (int32) or 8 (uint16), the token dtypes Megatron writes;
+//  4. dtype code one of Megatron's integer types: 1 uint8, 2 int8, 3 int16, 4 int32, 5 int64,
+//     8 uint16 (preprocess_data.py picks uint16 or int32; the reader takes them all);
 //  5. 34 + 12 S + 8 D (+ S for multimodal) == .idx size, computed without overflow;
 //  6. every sequence length >= 0;
 //  7. sequence_pointers monotone, starting at 0, and pointer[i+1] == pointer[i] + len[i]*itemsize;
@@ -41,14 +76,9 @@ void IndexedDataset::validate() {
   const uint64_t version = load_le<uint64_t>(p + 9);
   MOEKIT_CHECK(version == 1, ip, ": version is ", version, ", expected 1");
   dtype_code_ = p[17];
-  if (dtype_code_ == kMegatronCodeInt32) {
-    dtype_ = TokenDType::kInt32;
-  } else if (dtype_code_ == kMegatronCodeUInt16) {
-    dtype_ = TokenDType::kUInt16;
-  } else {
-    MOEKIT_FAIL(ip, ": dtype code ", static_cast<int>(dtype_code_),
-                " is not a token dtype moekit reads (expected 4 = int32 or 8 = uint16)");
-  }
+  MOEKIT_CHECK(megatron_token_dtype(dtype_code_, &dtype_), ip, ": dtype code ", static_cast<int>(dtype_code_),
+               " is not a token dtype (expected one of Megatron's integer codes: 1 = uint8, 2 = int8, 3 = int16, "
+               "4 = int32, 5 = int64, 8 = uint16)");
   const uint64_t s = load_le<uint64_t>(p + 18);
   const uint64_t d = load_le<uint64_t>(p + 26);
   // Bound S and D by the file size before any arithmetic so 12*S + 8*D cannot overflow.
@@ -72,7 +102,11 @@ void IndexedDataset::validate() {
 
   const int64_t item = token_itemsize(dtype_);
   int64_t expected_ptr = 0;  // bytes
+  const uint64_t bin_size = bin_.size();
   for (int64_t i = 0; i < num_sequences_; ++i) {
+    // The sum stays <= the .bin size + one step (< 2^31 * 8 bytes): it cannot overflow.
+    MOEKIT_CHECK(static_cast<uint64_t>(expected_ptr) <= bin_size, bin_path(), ": size ", bin_size, " bytes, but ", ip,
+                 " describes more: sequences [0, ", i, ") alone take ", expected_ptr, " bytes");
     const int32_t len = sequence_length(i);
     MOEKIT_CHECK(len >= 0, ip, ": sequence_lengths[", i, "] = ", len, " is negative");
     const int64_t ptr = sequence_pointer(i);
@@ -83,9 +117,9 @@ void IndexedDataset::validate() {
     }
     MOEKIT_CHECK(ptr == expected_ptr, ip, ": sequence_pointers[", i, "] = ", ptr, ", expected ", expected_ptr,
                  " (previous pointer + previous length * ", item, " bytes)");
-    expected_ptr += static_cast<int64_t>(len) * item;  // <= 2^31 * 4 per step, S <= 2^60: no overflow
+    expected_ptr += static_cast<int64_t>(len) * item;
   }
-  MOEKIT_CHECK(static_cast<uint64_t>(expected_ptr) == bin_.size(), bin_path(), ": size ", bin_.size(),
+  MOEKIT_CHECK(static_cast<uint64_t>(expected_ptr) == bin_size, bin_path(), ": size ", bin_size,
                " bytes, but ", ip, " describes ", expected_ptr, " bytes (last sequence_pointer + last length * ",
                item, ")");
   num_tokens_ = expected_ptr / item;
@@ -141,9 +175,9 @@ IndexedDatasetWriter::IndexedDatasetWriter(const std::string& prefix, int64_t vo
 
 IndexedDatasetWriter::IndexedDatasetWriter(const std::string& prefix, int64_t vocab_size, TokenDType dtype)
     : prefix_(prefix), vocab_size_(vocab_size), dtype_(dtype), bin_(prefix + ".bin") {
-  MOEKIT_CHECK(dtype == TokenDType::kUInt16 || dtype == TokenDType::kInt32, prefix,
-               ": Megatron datasets store uint16 or int32 tokens, not ", token_dtype_name(dtype));
-  const int64_t max_vocab = dtype == TokenDType::kUInt16 ? 65536 : (int64_t{1} << 31);
+  const CodeEntry* e = code_entry(dtype);
+  MOEKIT_CHECK(e != nullptr, prefix, ": Megatron datasets have no ", token_dtype_name(dtype), " token type");
+  const int64_t max_vocab = e->max_vocab;
   MOEKIT_CHECK(vocab_size > 0 && vocab_size <= max_vocab, prefix, ": vocab_size ", vocab_size,
                " does not fit ", token_dtype_name(dtype), " tokens (1 to ", max_vocab, ")");
 }
@@ -160,13 +194,8 @@ void IndexedDatasetWriter::write_tokens(const T* tokens, int64_t n) {
     const int64_t t = tokens[i];
     MOEKIT_CHECK(t >= 0 && t < vocab_size_, prefix_, ": document ", num_documents(), " offset ", open_length_ + i,
                  ": token id ", t, " out of range [0, ", vocab_size_, ")");
-    if (dtype_ == TokenDType::kUInt16) {
-      const uint16_t v = static_cast<uint16_t>(t);
-      std::memcpy(&scratch_[2 * i], &v, 2);
-    } else {
-      const int32_t v = static_cast<int32_t>(t);
-      std::memcpy(&scratch_[4 * i], &v, 4);
-    }
+    // Little-endian host (file_io.h): the low `item` bytes of t are the stored value.
+    std::memcpy(&scratch_[static_cast<size_t>(item * i)], &t, static_cast<size_t>(item));
   }
   bin_.write(scratch_.data(), scratch_.size());
   open_length_ += n;
@@ -192,7 +221,7 @@ void IndexedDatasetWriter::finish() {
   AtomicWriter idx(prefix_ + ".idx");
   idx.write(kMegatronMagic, 9);
   idx.write_value<uint64_t>(1);
-  idx.write_value<uint8_t>(dtype_ == TokenDType::kUInt16 ? kMegatronCodeUInt16 : kMegatronCodeInt32);
+  idx.write_value<uint8_t>(megatron_code(dtype_));
   const uint64_t s = lengths_.size();
   idx.write_value<uint64_t>(s);
   idx.write_value<uint64_t>(s + 1);  // document level: one sequence per document

@@ -17,8 +17,14 @@ namespace moekit::data {
 
 inline constexpr char kMegatronMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
 inline constexpr int64_t kMegatronHeaderBytes = 34;
+// Megatron-Core's DType codes for the integer token types (6 float64 and 7 float32 are not token
+// types and are refused): 1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 8 uint16.
 inline constexpr uint8_t kMegatronCodeInt32 = 4;   // Megatron DType.int32
 inline constexpr uint8_t kMegatronCodeUInt16 = 8;  // Megatron DType.uint16
+// The token dtype of a Megatron code; false for codes that are not integer token types.
+bool megatron_token_dtype(uint8_t code, TokenDType* dtype);
+// The Megatron code of a token dtype (uint32 has none: an error).
+uint8_t megatron_code(TokenDType dtype);
 
 // Megatron's DType.optimal_dtype: uint16 when the vocabulary is below 65500, int32 otherwise.
 TokenDType megatron_optimal_dtype(int64_t vocab_size);
@@ -71,7 +77,8 @@ class IndexedDataset {
 // so it never sees a new index over an old .bin). Without finish() nothing is left behind.
 class IndexedDatasetWriter {
  public:
-  // dtype from megatron_optimal_dtype(vocab_size).
+  // dtype from megatron_optimal_dtype(vocab_size); any Megatron integer dtype can be asked for
+  // (vocab_size must fit it).
   IndexedDatasetWriter(const std::string& prefix, int64_t vocab_size);
   IndexedDatasetWriter(const std::string& prefix, int64_t vocab_size, TokenDType dtype);
 

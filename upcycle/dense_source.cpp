@@ -22,6 +22,11 @@ DenseSource DenseSource::open(const std::string& dir) {
   d.cfg_ = config::load_model_config(dir);
   MOEKIT_CHECK(d.cfg_.model_type == "qwen2", dir, ": the dense checkpoint is already a mixture of experts (model_type ",
                d.cfg_.model_type, "); upcycle needs a dense Qwen model (model_type qwen2 or qwen)");
+  // Qwen's attention has q/k/v biases; a model without them (a moekit export of a qkv_bias:
+  // false model, whose zero biases make transformers 4.45 load it right) would upcycle into a
+  // directory without the bias tensors transformers 4.45's Qwen2-MoE builds.
+  MOEKIT_CHECK(d.cfg_.qkv_bias, dir, ": qkv_bias is false; upcycle takes Qwen checkpoints, whose attention has "
+               "q/k/v biases (an MoE without them cannot be written so that transformers 4.45 loads it right)");
   d.st_ = checkpoint::SafetensorsDir::open(dir);
   d.layout_ = checkpoint::detect_layout(d.st_);
 

@@ -297,17 +297,9 @@ void check_not_inside(const std::string& dense, const std::string& out) {
 }
 
 void copy_side_files(const DenseSource& dense, const config::ModelConfig& moe, const std::string& dir) {
-  write_text_file((fs::path(dir) / "config.json").string(), config::model_config_to_hf_json(moe));
-  const fs::path gen = fs::path(dense.dir()) / "generation_config.json";
-  std::error_code ec;
-  // A Qwen2 generation config (eos lists, sampling defaults) carries over; Qwen v1's has
-  // remote-code fields, so that case gets a fresh one.
-  if (dense.layout() == checkpoint::HfLayout::kQwen2 && fs::is_regular_file(gen, ec)) {
-    fs::copy_file(gen, fs::path(dir) / "generation_config.json", ec);
-    MOEKIT_CHECK(!ec, gen.string(), ": cannot copy: ", ec.message());
-  } else {
-    write_text_file((fs::path(dir) / "generation_config.json").string(), checkpoint::generation_config_json(moe));
-  }
+  // The dense model's generation config (eos lists, pad id, sampling defaults) carries over, as it
+  // does through train -> export (checkpoint/hf_checkpoint.h says when one is generated instead).
+  checkpoint::write_hf_side_files(dir, moe, checkpoint::source_generation_config(dense.dir()));
   checkpoint::ExportTokenizer::from_source(dense.dir()).write_into(dir);
 }
 

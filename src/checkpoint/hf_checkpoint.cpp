@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -67,6 +68,20 @@ void write_text_atomic(const fs::path& path, const std::string& text) {
   fs::rename(tmp, path);
 }
 
+// The q/k/v bias tensors (name, rows) that exports of a qkv_bias: false model carry as zeros.
+std::vector<std::pair<std::string, int64_t>> zero_qkv_biases(const config::ModelConfig& cfg) {
+  std::vector<std::pair<std::string, int64_t>> out;
+  if (cfg.qkv_bias) return out;
+  const int64_t qd = cfg.num_attention_heads * cfg.head_size(), kvd = cfg.num_key_value_heads * cfg.head_size();
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
+    out.push_back({p + "q_proj.bias", qd});
+    out.push_back({p + "k_proj.bias", kvd});
+    out.push_back({p + "v_proj.bias", kvd});
+  }
+  return out;
+}
+
 }  // namespace
 
 bool hf_ignorable(const std::string& name) { return name.find("rotary_emb.inv_freq") != std::string::npos; }
@@ -111,6 +126,16 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
   if (cfg.is_moe() && model->experts_held().count < cfg.num_experts)
     for (const auto& n : model::parameter_names(cfg))
       if (!P.has(n)) others.insert(n);
+  // A qkv_bias: false model's export carries zero q/k/v biases (see save_hf_model); they must be
+  // zero, or the directory holds a model with biases under a config that says it has none.
+  for (const auto& [name, rows] : zero_qkv_biases(cfg)) {
+    if (!dir.has(name)) continue;
+    const std::vector<float> v = dir.read_f32(name, Shape{rows});
+    const auto nz = std::find_if(v.begin(), v.end(), [](float x) { return x != 0.0f; });
+    MOEKIT_CHECK(nz == v.end(), dir.dir(), ": tensor '", name, "' holds non-zero values (", *nz,
+                 " at ", nz - v.begin(), ") but config.json says qkv_bias is false");
+    used.insert(name);
+  }
   for (const auto& name : dir.names()) {
     if (used.count(name) || hf_ignorable(name) || others.count(name)) continue;
     if (cfg.tie_word_embeddings && name == "lm_head.weight") {
@@ -135,13 +160,61 @@ std::string generation_config_json(const config::ModelConfig& cfg) {
   nlohmann::ordered_json j;
   j["bos_token_id"] = cfg.bos_token_id;
   j["eos_token_id"] = cfg.eos_token_id;
-  j["max_new_tokens"] = 2048;
-  j["do_sample"] = false;
-  j["transformers_version"] = "4.40.0";
+  if (cfg.pad_token_id >= 0) j["pad_token_id"] = cfg.pad_token_id;
+  j["transformers_version"] = config::kTransformersVersion;
   return j.dump(2) + "\n";
 }
 
-void save_hf_model(const model::Model& model, const std::string& dir, DType dtype, uint64_t max_shard_bytes) {
+std::string source_generation_config(const std::string& source_dir) {
+  if (source_dir.empty()) return "";
+  const fs::path dir(source_dir), gen = dir / "generation_config.json", cfg = dir / "config.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(gen, ec)) return "";
+  // Qwen v1 (model_type "qwen", remote code): its generation config carries chat_format,
+  // stop_words_ids and the like that Qwen2 generation does not know.
+  if (fs::is_regular_file(cfg, ec)) {
+    std::ifstream in(cfg, std::ios::binary);
+    const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.value("model_type", std::string()) == "qwen") return "";
+  }
+  std::ifstream in(gen, std::ios::binary);
+  MOEKIT_CHECK(in.good(), gen.string(), ": cannot read");
+  std::ostringstream text;
+  text << in.rdbuf();
+  const auto j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  MOEKIT_CHECK(j.is_object(), gen.string(), ": not a JSON object (a generation config is one)");
+  return text.str();
+}
+
+void write_hf_side_files(const std::string& dir, const config::ModelConfig& cfg,
+                         const std::string& generation_config) {
+  config::ModelConfig c = cfg;
+  if (!generation_config.empty() && c.pad_token_id < 0) {
+    const auto g = nlohmann::json::parse(generation_config, nullptr, /*allow_exceptions=*/false);
+    if (g.is_object() && g.contains("pad_token_id") && g["pad_token_id"].is_number_integer()) {
+      const int64_t pad = g["pad_token_id"].get<int64_t>();
+      if (pad >= 0 && pad < c.vocab_size) c.pad_token_id = pad;
+    }
+  }
+  write_text_atomic(fs::path(dir) / "config.json", config::model_config_to_hf_json(c));
+  write_text_atomic(fs::path(dir) / "generation_config.json",
+                    generation_config.empty() ? generation_config_json(c) : generation_config);
+}
+
+std::string gguf_incompatibility(const config::ModelConfig& cfg) {
+  if (!cfg.is_moe() || cfg.num_sparse_layers() == cfg.num_hidden_layers) return "";
+  std::string dense;
+  int64_t n = 0;
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    if (!cfg.is_sparse_layer(l)) dense += (n++ ? ", " : "") + std::to_string(l);
+  return (n == 1 ? "layer " + dense + " is" : "layers " + dense + " are") + " dense (mlp_only_layers / decoder_sparse_step " +
+         std::to_string(cfg.decoder_sparse_step) +
+         "): transformers and vLLM load this model, but llama.cpp's qwen2moe architecture has experts in "
+         "every layer, so its convert_hf_to_gguf.py cannot convert it to GGUF";
+}
+
+void save_hf_model(const model::Model& model, const std::string& dir, DType dtype, uint64_t max_shard_bytes,
+                   const std::string& generation_config) {
   MOEKIT_CHECK(dtype_is_float(dtype), "export dtype must be f32, bf16 or f16, got ", dtype_name(dtype));
   // transformers would build the sigmoid gate anyway and initialise it at random: refuse
   // rather than write a checkpoint that loads with different numerics.
@@ -167,24 +240,38 @@ void save_hf_model(const model::Model& model, const std::string& dir, DType dtyp
   try {
     config::ModelConfig cfg = model.config();
     cfg.torch_dtype = dtype == DType::kF32 ? "float32" : dtype == DType::kBF16 ? "bfloat16" : "float16";
-    write_text_atomic(tmp / "config.json", config::model_config_to_hf_json(cfg));
-    write_text_atomic(tmp / "generation_config.json", generation_config_json(cfg));
+    write_hf_side_files(tmp.string(), cfg, generation_config);
     const auto& P = model.params();
     std::vector<std::vector<uint8_t>> converted;  // owns the non-f32 copies
     std::vector<TensorRef> refs;
-    converted.reserve(P.specs().size());
-    std::vector<float> host;
-    for (const auto& s : P.specs()) {
-      // Every tensor to host memory in the export type (the CPU model's own values at f32).
-      const void* data = P.backend().host_memory() ? P.values(s.expert) + s.offset : nullptr;
-      if (dtype != DType::kF32 || !data) {
-        host.resize(static_cast<size_t>(s.numel()));
-        P.read(s.name, host.data());
-        converted.emplace_back(static_cast<size_t>(s.numel()) * dtype_size(dtype));
-        from_f32(converted.back().data(), dtype, host.data(), static_cast<size_t>(s.numel()));
+    converted.reserve(P.specs().size() + (cfg.qkv_bias ? 0 : 3 * cfg.num_hidden_layers));
+    auto add = [&](const std::string& name, const Shape& shape, const float* src) {
+      const size_t n = static_cast<size_t>(shape_numel(shape));
+      const void* data = src;
+      if (dtype != DType::kF32) {
+        converted.emplace_back(n * dtype_size(dtype));
+        from_f32(converted.back().data(), dtype, src, n);
         data = converted.back().data();
       }
-      refs.push_back({s.name, dtype, s.shape, data});
+      refs.push_back({name, dtype, shape, data});
+    };
+    // The CPU model's values are host memory; a device model's come over one tensor at a time.
+    std::vector<std::vector<float>> staged;
+    staged.reserve(P.backend().host_memory() ? 0 : P.specs().size());
+    for (const auto& s : P.specs()) {
+      const float* src = P.values(s.expert) + s.offset;
+      if (!P.backend().host_memory()) {
+        staged.emplace_back(static_cast<size_t>(s.numel()));
+        P.read(s.name, staged.back().data());
+        src = staged.back().data();
+      }
+      add(s.name, s.shape, src);
+    }
+    std::vector<float> zeros;
+    if (!cfg.qkv_bias) {
+      const int64_t qd = cfg.num_attention_heads * cfg.head_size(), kvd = cfg.num_key_value_heads * cfg.head_size();
+      zeros.assign(static_cast<size_t>(std::max(qd, kvd)), 0.0f);
+      for (const auto& [name, rows] : zero_qkv_biases(cfg)) add(name, Shape{rows}, zeros.data());
     }
     write_sharded(tmp.string(), refs, max_shard_bytes);
     if (fs::exists(out)) fs::remove(out);  // empty directory

@@ -39,11 +39,35 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir);
 std::unique_ptr<model::Model> load_hf_model(const std::string& dir);
 
 // Write config.json, generation_config.json and safetensors shards (<= max_shard_bytes) of
-// `model` in `dtype`. The directory is written as DIR.tmp.<pid> and renamed into place, so a
-// failure leaves no partial output; an existing non-empty DIR is an error.
+// `model` in `dtype`. `generation_config` is the text to write as generation_config.json (from
+// source_generation_config(); "" generates one from the model config). A model without q/k/v
+// biases (qkv_bias false) gets all-zero bias tensors: transformers' Qwen2 always builds them, and
+// so does its Qwen2-MoE in 4.45.2 (4.57.6 reads qkv_bias); zeros give the same numbers as no
+// bias, and load_hf_weights reads them back, checking that they are zero. The directory is written as DIR.tmp.<pid> and
+// renamed into place, so a failure leaves no partial output; an existing non-empty DIR is an
+// error.
 void save_hf_model(const model::Model& model, const std::string& dir, DType dtype,
-                   uint64_t max_shard_bytes = 5000000000ull);
+                   uint64_t max_shard_bytes = 5000000000ull, const std::string& generation_config = "");
 
+// generation_config.json for a model without one to carry: its bos, eos and (when known) pad
+// ids, as transformers' GenerationConfig.from_model_config writes them.
 std::string generation_config_json(const config::ModelConfig& cfg);
+
+// The generation_config.json that exports of a model from the HF directory `source_dir` carry:
+// the source's own file, verbatim (eos lists, pad id, sampling defaults), or "" when there is
+// none to carry (no file, no directory given, or a Qwen v1 directory, whose file holds
+// remote-code fields). A file that is not a JSON object is an error naming it.
+std::string source_generation_config(const std::string& source_dir);
+
+// config.json and generation_config.json of an HF directory being written at `dir` (a staging
+// directory): `generation_config` verbatim, or one generated from `cfg` when it is "". A pad id
+// the generation config knows and `cfg` does not goes into config.json too.
+void write_hf_side_files(const std::string& dir, const config::ModelConfig& cfg,
+                         const std::string& generation_config);
+
+// Why llama.cpp's GGUF converter cannot take this model, or "" when it can: its qwen2moe
+// architecture has experts in every layer, so dense layers (mlp_only_layers,
+// decoder_sparse_step > 1) have nowhere to go.
+std::string gguf_incompatibility(const config::ModelConfig& cfg);
 
 }  // namespace moekit::checkpoint

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/hf_checkpoint.h"
 #include "cli/commands.h"
 #include "core/log.h"
 #include "upcycle/upcycler.h"
@@ -62,6 +63,9 @@ void add_upcycle_command(CLI::App& root, std::vector<Command>* out) {
                     log_info("upcycle: wrote ", s.out_dir, ": ", s.tensors, " tensors, ",
                              static_cast<double>(s.bytes) / 1e9, " GB in ", s.shards, " shard(s), ", s.seconds,
                              " s");
+                    const std::string no_gguf = checkpoint::gguf_incompatibility(s.moe);
+                    if (!no_gguf.empty()) log_warn("upcycle: ", s.out_dir, ": ", no_gguf);
+                    j["gguf_convertible"] = no_gguf.empty();
                     if (o->verify) {
                       const auto toks =
                           upcycle::verify_tokens(s.recipe.seed, s.moe.vocab_size, o->verify_tokens);

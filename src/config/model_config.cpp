@@ -53,6 +53,7 @@ const std::vector<FieldSpec>& field_specs() {
       {"initializer_range", &ModelConfig::initializer_range, false},
       {"bos_token_id", &ModelConfig::bos_token_id, false},
       {"eos_token_id", &ModelConfig::eos_token_id, false},
+      {"pad_token_id", &ModelConfig::pad_token_id, false},
       {"torch_dtype", &ModelConfig::torch_dtype, false},
       {"use_sliding_window", &ModelConfig::use_sliding_window, false},
       {"sliding_window", &ModelConfig::sliding_window, false},
@@ -339,7 +340,7 @@ ModelConfig from_qwen2_json(json j, const std::string& where) {
 
   // Shapes HF accepts that the generic reader does not: eos as a list (first id is the
   // primary one), v5's "dtype" and rope_parameters in place of torch_dtype / rope_theta.
-  for (const char* key : {"bos_token_id", "eos_token_id"}) {
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
     if (r.has(key) && j[key].is_array()) {
       MOEKIT_CHECK(!j[key].empty(), where, ": ", key, " is an empty list");
       json first = j[key][0];
@@ -468,6 +469,8 @@ void ModelConfig::validate() const {
   MOEKIT_CHECK(model_type == "qwen2" || model_type == "qwen2_moe", "model_type '", model_type,
                "' is not supported (expected qwen2 or qwen2_moe)");
   MOEKIT_CHECK(vocab_size > 0, "vocab_size (", vocab_size, ") must be positive");
+  MOEKIT_CHECK(pad_token_id >= -1 && pad_token_id < vocab_size, "pad_token_id (", pad_token_id,
+               ") must be in [0, vocab_size ", vocab_size, "), or -1 for none");
   MOEKIT_CHECK(hidden_size > 0, "hidden_size (", hidden_size, ") must be positive");
   MOEKIT_CHECK(num_hidden_layers > 0, "num_hidden_layers (", num_hidden_layers, ") must be positive");
   MOEKIT_CHECK(num_attention_heads > 0, "num_attention_heads (", num_attention_heads,
@@ -616,7 +619,8 @@ std::string model_config_to_hf_json(const ModelConfig& c) {
   if (moe && c.shared_expert_gate) j.erase("shared_expert_gate");
   if (moe && c.moe_router_score_function == "softmax") j.erase("moe_router_score_function");
   if (moe && !c.moe_router_enable_expert_bias) j.erase("moe_router_enable_expert_bias");
-  j["transformers_version"] = "4.40.0";
+  if (c.pad_token_id < 0) j.erase("pad_token_id");  // unknown: HF configs then carry none
+  j["transformers_version"] = kTransformersVersion;
   j["use_cache"] = true;
   return j.dump(2) + "\n";
 }

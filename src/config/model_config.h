@@ -11,6 +11,10 @@ namespace YAML { class Node; }
 
 namespace moekit::config {
 
+// The transformers release moekit's exports are tested against (tests/reference/README.md pins
+// it); written as transformers_version into config.json and generated generation configs.
+inline constexpr const char* kTransformersVersion = "4.45.2";
+
 struct ModelConfig {
   std::string model_type = "qwen2";  // "qwen2" (dense) or "qwen2_moe"
   int64_t vocab_size = 151936;
@@ -29,6 +33,7 @@ struct ModelConfig {
   double initializer_range = 0.02;
   int64_t bos_token_id = 151643;
   int64_t eos_token_id = 151643;
+  int64_t pad_token_id = -1;  // -1: not known (config.json then carries none)
   std::string torch_dtype = "bfloat16";
   bool use_sliding_window = false;
   int64_t sliding_window = 32768;

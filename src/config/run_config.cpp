@@ -55,6 +55,18 @@ class Section {
   std::set<std::string> seen_;
 };
 
+// data.eos_id: auto (the model's eos_token_id), none, or a token id.
+int64_t resolve_eos_id(const std::string& text, const ModelConfig& model, const std::string& where) {
+  if (text == "auto") return model.eos_token_id;
+  if (text == "none") return DataConfig::kEosNone;
+  int64_t id = 0;
+  std::istringstream is(text);
+  is >> id;
+  MOEKIT_CHECK(!is.fail() && is.eof() && id >= 0, where, ": data.eos_id '", text,
+               "' must be auto (the model's eos_token_id), none or a token id >= 0");
+  return id;
+}
+
 }  // namespace
 
 void yaml_set_path(YAML::Node* root, const std::string& assignment) {
@@ -104,7 +116,8 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   data.get("synth_tokens", &c.data.synth_tokens);
   data.get("synth_seed", &c.data.synth_seed);
   data.get("valid_fraction", &c.data.valid_fraction);
-  data.get("eos_id", &c.data.eos_id);
+  std::string eos = "auto";
+  data.get("eos_id", &eos);
   data.finish();
 
   Section tr(top.child("train"), "train", path);
@@ -151,6 +164,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   } catch (const Error& e) {
     MOEKIT_FAIL(path, ": model '", c.model, "': ", e.what());
   }
+  c.data.eos_id = resolve_eos_id(eos, c.model_config, path);
   c.validate(0);  // the world size is known only to the trainer, which validates again
   return c;
 }
@@ -175,8 +189,9 @@ void RunConfig::validate(int world_size) const {
   MOEKIT_CHECK(!data.train.empty(), w, ": data.train must list at least one dataset prefix");
   MOEKIT_CHECK(data.valid_fraction >= 0 && data.valid_fraction < 1, w, ": data.valid_fraction must be in [0, 1), got ",
                data.valid_fraction);
-  MOEKIT_CHECK(data.eos_id >= 0 && data.eos_id < model_config.vocab_size, w, ": data.eos_id ", data.eos_id,
-               " is outside the vocabulary [0, ", model_config.vocab_size, ")");
+  MOEKIT_CHECK(data.eos_id == DataConfig::kEosNone || (data.eos_id >= 0 && data.eos_id < model_config.vocab_size), w,
+               ": data.eos_id ", data.eos_id, " is outside the vocabulary [0, ", model_config.vocab_size,
+               ") (auto takes the model's eos_token_id ", model_config.eos_token_id, ")");
   MOEKIT_CHECK(loss.aux == "none" || loss.aux == "hf_pooled" || loss.aux == "switch" || loss.aux == "global_batch", w,
                ": loss.aux '", loss.aux, "' must be one of none, hf_pooled, switch, global_batch");
   MOEKIT_CHECK(loss.z_coef >= 0, w, ": loss.z_coef must be >= 0, got ", loss.z_coef);
@@ -210,7 +225,10 @@ std::string run_config_to_yaml(const RunConfig& c) {
   e << YAML::Key << "synth_tokens" << YAML::Value << c.data.synth_tokens;
   e << YAML::Key << "synth_seed" << YAML::Value << c.data.synth_seed;
   e << YAML::Key << "valid_fraction" << YAML::Value << c.data.valid_fraction;
-  e << YAML::Key << "eos_id" << YAML::Value << c.data.eos_id << YAML::EndMap;
+  e << YAML::Key << "eos_id" << YAML::Value;
+  if (c.data.eos_id == DataConfig::kEosNone) e << "none";
+  else e << c.data.eos_id;
+  e << YAML::EndMap;
   e << YAML::Key << "train" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "steps" << YAML::Value << c.train.steps;
   e << YAML::Key << "seq_len" << YAML::Value << c.train.seq_len;

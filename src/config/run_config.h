@@ -21,7 +21,11 @@ struct DataConfig {
   int64_t synth_tokens = 2000000;
   int64_t synth_seed = 1;
   double valid_fraction = 0.02;
-  int64_t eos_id = 0;
+  // End-of-document token the loader appends to documents that do not already end with it.
+  // YAML: `auto` (default: the model config's eos_token_id, resolved on load, e.g. Qwen's
+  // <|endoftext|> 151643), `none` (documents as they are, kEosNone) or a token id.
+  static constexpr int64_t kEosNone = -1;
+  int64_t eos_id = kEosNone;
 };
 
 struct TrainLoopConfig {

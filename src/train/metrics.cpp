@@ -1,5 +1,7 @@
 #include "train/metrics.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -88,6 +90,10 @@ JsonlWriter::~JsonlWriter() {
 void JsonlWriter::write(const std::string& line) {
   MOEKIT_CHECK(std::fputs(line.c_str(), f_) >= 0 && std::fputc('\n', f_) != EOF, "write failed: ", path_);
   std::fflush(f_);
+}
+
+void JsonlWriter::sync() {
+  MOEKIT_CHECK(std::fflush(f_) == 0 && ::fsync(::fileno(f_)) == 0, "sync failed: ", path_);
 }
 
 std::string format_duration(double s) {

@@ -47,6 +47,8 @@ class JsonlWriter {
   JsonlWriter(const std::string& path, bool append);
   ~JsonlWriter();
   void write(const std::string& json_line);
+  // fsync: the lines written so far survive a power loss too (before a checkpoint commits).
+  void sync();
 
  private:
   FILE* f_ = nullptr;

@@ -22,7 +22,8 @@ std::string resolve_checkpoint_dir(const std::string& path) {
               "with checkpoints/latest");
 }
 
-std::unique_ptr<model::Model> load_checkpoint_model(const std::string& path, int64_t* step) {
+std::unique_ptr<model::Model> load_checkpoint_model(const std::string& path, int64_t* step,
+                                                    std::string* generation_config) {
   const std::string dir = resolve_checkpoint_dir(path);
   checkpoint::TrainCheckpointReader r(dir);
   MOEKIT_CHECK(r.meta().contains("model_config"), dir, "/meta.json has no model_config");
@@ -49,7 +50,17 @@ std::unique_ptr<model::Model> load_checkpoint_model(const std::string& path, int
     m->set_expert_bias(bias);
   }
   if (step) *step = r.step();
+  if (generation_config) {
+    const auto it = r.meta().find("generation_config");
+    *generation_config = it != r.meta().end() && it->is_string() ? it->get<std::string>() : "";
+  }
   return m;
+}
+
+std::string run_hf_source(const config::RunConfig& cfg) {
+  if (!cfg.init_from.empty()) return cfg.init_from;
+  std::error_code ec;
+  return fs::is_directory(cfg.model, ec) ? cfg.model : "";
 }
 
 std::unique_ptr<model::Model> load_any_model(const std::string& path) {

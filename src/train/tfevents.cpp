@@ -123,4 +123,8 @@ void TfEventsWriter::session_start(int64_t step) { write_record(event_session_st
 
 void TfEventsWriter::flush() { std::fflush(f_); }
 
+void TfEventsWriter::sync() {
+  MOEKIT_CHECK(std::fflush(f_) == 0 && ::fsync(::fileno(f_)) == 0, "sync failed: ", path_);
+}
+
 }  // namespace moekit::train

@@ -37,6 +37,8 @@ class TfEventsWriter {
   // before it (the orphaned tail of a run that crashed after its last checkpoint).
   void session_start(int64_t step);
   void flush();
+  // flush() + fsync: every event written so far is on disk (before a checkpoint commits).
+  void sync();
   const std::string& path() const { return path_; }
 
  private:

@@ -37,6 +37,7 @@
 #include "parallel/grad_sync.h"
 #include "parallel/zero1.h"
 #include "train/metrics.h"
+#include "train/model_io.h"
 #include "train/tfevents.h"
 
 namespace moekit::train {
@@ -128,8 +129,8 @@ data::TokenDataset open_training_data(const config::RunConfig& cfg, parallel::Pa
     sc.vocab_size = cfg.model_config.vocab_size;
     sc.num_tokens = cfg.data.synth_tokens;
     sc.seed = static_cast<uint64_t>(cfg.data.synth_seed);
-    sc.eos_id = cfg.data.eos_id;
-    sc.copy_id = cfg.data.eos_id == 1 ? 2 : 1;
+    sc.eos_id = cfg.data.eos_id >= 0 ? cfg.data.eos_id : cfg.model_config.eos_token_id;
+    sc.copy_id = sc.eos_id == 1 ? 2 : 1;
     const fs::path parent = fs::path(first).parent_path();
     if (!parent.empty()) fs::create_directories(parent);
     log_info("data: generating the synthetic corpus ", first, " (", sc.num_tokens, " tokens, vocab ",
@@ -140,6 +141,18 @@ data::TokenDataset open_training_data(const config::RunConfig& cfg, parallel::Pa
   }
   ctx.world->barrier();
   return data::TokenDataset::open(cfg.data.train);
+}
+
+// Evaluation was asked for but the held-out documents cannot fill one window: say so once, with
+// the numbers and the keys that change them, instead of a silent null eval_loss at the end.
+void warn_if_eval_impossible(const data::Loader& loader, const config::RunConfig& cfg) {
+  if (cfg.train.eval_batches == 0 || cfg.data.valid_fraction == 0 || loader.num_valid_windows() > 0) return;
+  int64_t tokens = 0;
+  for (int64_t d : loader.valid_documents()) tokens += loader.packed_length(d);
+  log_warn("eval: off for this run: the ", loader.num_valid_documents(), " held-out document(s) hold ", tokens,
+           " tokens, fewer than one window of train.seq_len + 1 = ", cfg.train.seq_len + 1,
+           "; raise data.valid_fraction (now ", cfg.data.valid_fraction, ") or lower train.seq_len (eval_loss ",
+           "stays null)");
 }
 
 class Trainer {
@@ -161,6 +174,7 @@ class Trainer {
   void save_checkpoint();
   void log_step(const StepResult& r, double lr, double step_seconds);
   void open_logs(bool append);
+  void sync_logs();
   json meta_json() const;
   bool rank0() const { return ctx_.topo.rank() == 0; }
   bool owns_in_checkpoint(const model::ParamSpec& s) const;
@@ -200,6 +214,7 @@ class Trainer {
   optim::OptimConfig ocfg_;
   std::unique_ptr<JsonlWriter> metrics_, evals_, load_log_;
   std::unique_ptr<TfEventsWriter> tb_;
+  std::string generation_config_;  // the run's HF source's generation_config.json ("" if none)
   FlopCount flops_;
   double peak_flops_ = 0;
   double base_rss_mib_ = 0;  // before the model and optimizer exist (the memory plan counts above it)
@@ -251,6 +266,7 @@ Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
   nan_step_ = env_step("MOEKIT_DEBUG_NAN_STEP");
   kill_step_ = env_step("MOEKIT_DEBUG_KILL_STEP");
   signal_step_ = env_step("MOEKIT_DEBUG_SIGNAL_STEP");
+  generation_config_ = checkpoint::source_generation_config(run_hf_source(cfg_));
 }
 
 void Trainer::prepare_run_dir() {
@@ -362,6 +378,7 @@ json Trainer::meta_json() const {
   m["zero1"] = cfg_.parallel.zero1;
   m["device"] = cfg_.train.device;
   m["model_config"] = json::parse(config::model_config_to_hf_json(mc_));
+  m["generation_config"] = generation_config_.empty() ? json(nullptr) : json(generation_config_);  // for export
   if (mc_.moe_router_enable_expert_bias) {
     // The aux-loss-free balancing state: per MoE layer the selection bias (identical on every
     // rank). JSON numbers print a float's exact value, so resume gets the same bits back.
@@ -416,6 +433,9 @@ void Trainer::save_checkpoint() {
   }
   ctx_.world->barrier();  // every rank file is closed and renamed before the commit lists them
   if (rank0()) {
+    // Everything logged up to this step reaches the disk before the checkpoint a resume starts
+    // from exists: a crash after the commit must not lose log lines the resume will not redo.
+    sync_logs();
     config::RunConfig resolved = cfg_;
     resolved.optim_yaml = optim::optim_config_to_yaml(ocfg_);
     last_ckpt_ = checkpoint::commit_checkpoint(ckpt_dir_, step_, meta_json(), config::run_config_to_yaml(resolved),
@@ -640,6 +660,12 @@ void Trainer::open_logs(bool append) {
   if (append) tb_->session_start(step_ + 1);
 }
 
+void Trainer::sync_logs() {
+  for (JsonlWriter* w : {metrics_.get(), evals_.get(), load_log_.get()})
+    if (w) w->sync();
+  if (tb_) tb_->sync();
+}
+
 void Trainer::log_step(const StepResult& r, double lr, double step_seconds) {
   if (!rank0()) return;  // the numbers are global already; one writer
   const int64_t step_tokens = cfg_.train.global_batch_size * cfg_.train.seq_len;
@@ -705,6 +731,7 @@ TrainSummary Trainer::run() {
   lc.split_seed = static_cast<uint64_t>(cfg_.data.synth_seed);
   lc.eos_id = cfg_.data.eos_id;
   loader_ = std::make_unique<data::Loader>(open_training_data(cfg_, ctx_), lc);
+  if (rank0()) warn_if_eval_impossible(*loader_, cfg_);
   prepare_run_dir();  // after the data checks: a bad dataset leaves no run directory behind
   init_weights();
   resume();

@@ -87,8 +87,8 @@ cp "$tmp/a.idx" "$tmp/s.idx" && cp "$tmp/a.bin" "$tmp/s.bin" && truncate -s -1 "
 expect_fail "idx size mismatch" "does not match the header" $moekit data inspect "$tmp/s"
 cp "$tmp/a.idx" "$tmp/v.idx" && cp "$tmp/a.bin" "$tmp/v.bin" && printf '\x09' | dd of="$tmp/v.idx" bs=1 seek=9 conv=notrunc status=none
 expect_fail "idx bad version" "version is 9" $moekit data inspect "$tmp/v"
-cp "$tmp/a.idx" "$tmp/d.idx" && cp "$tmp/a.bin" "$tmp/d.bin" && printf '\x05' | dd of="$tmp/d.idx" bs=1 seek=17 conv=notrunc status=none
-expect_fail "idx bad dtype" "dtype code 5" $moekit data inspect "$tmp/d"
+cp "$tmp/a.idx" "$tmp/d.idx" && cp "$tmp/a.bin" "$tmp/d.bin" && printf '\x06' | dd of="$tmp/d.idx" bs=1 seek=17 conv=notrunc status=none
+expect_fail "idx float dtype" "dtype code 6" $moekit data inspect "$tmp/d"
 cp "$tmp/a.idx" "$tmp/g.idx" && cp "$tmp/a.bin" "$tmp/g.bin" && printf '\0\0' >>"$tmp/g.bin"
 expect_fail "bin size mismatch" "$tmp/g.bin: size" $moekit data inspect "$tmp/g"
 cp "$tmp/a.idx" "$tmp/nobin.idx"

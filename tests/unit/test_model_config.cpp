@@ -42,6 +42,7 @@ void expect_same(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.initializer_range, b.initializer_range);
   EXPECT_EQ(a.bos_token_id, b.bos_token_id);
   EXPECT_EQ(a.eos_token_id, b.eos_token_id);
+  EXPECT_EQ(a.pad_token_id, b.pad_token_id);
   EXPECT_EQ(a.torch_dtype, b.torch_dtype);
   EXPECT_EQ(a.use_sliding_window, b.use_sliding_window);
   EXPECT_EQ(a.sliding_window, b.sliding_window);
@@ -220,7 +221,22 @@ TEST(ModelConfig, HfQwen2JsonDefaults) {
   EXPECT_EQ(c.max_window_layers, 28);
   EXPECT_EQ(c.max_position_embeddings, 32768);
   EXPECT_EQ(c.eos_token_id, 7);
+  EXPECT_EQ(c.pad_token_id, -1);  // not given: unknown, and config.json then carries none
+  EXPECT_EQ(model_config_to_hf_json(c).find("pad_token_id"), std::string::npos);
   EXPECT_TRUE(c.qkv_bias);
+}
+
+TEST(ModelConfig, PadTokenIdIsReadCheckedAndSettable) {
+  const ModelConfig c = model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 512,
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "pad_token_id": 5})", "p.json");
+  EXPECT_EQ(c.pad_token_id, 5);
+  MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 512,
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "pad_token_id": 512})", "p.json"), "pad_token_id (512)", "p.json");
+  ModelConfig d = tiny_dense();
+  model_config_set(&d, "pad_token_id", "9");
+  EXPECT_EQ(d.pad_token_id, 9);
 }
 
 TEST(ModelConfig, ParsesHfQwen2MoeJsonWithHfDefaults) {
@@ -331,9 +347,12 @@ TEST(ModelConfig, HfJsonRoundTrip) {
   moe.rms_norm_eps = 1e-5;
   moe.qkv_bias = false;
   moe.tie_word_embeddings = true;
+  moe.pad_token_id = 3;
   const std::string text = model_config_to_hf_json(moe);
   EXPECT_NE(text.find("\"Qwen2MoeForCausalLM\""), std::string::npos);
-  EXPECT_NE(text.find("\"transformers_version\": \"4.40.0\""), std::string::npos);
+  EXPECT_NE(text.find(std::string("\"transformers_version\": \"") + kTransformersVersion + "\""), std::string::npos);
+  EXPECT_EQ(std::string(kTransformersVersion), "4.45.2");  // the pinned reference (setup-reference)
+  EXPECT_NE(text.find("\"pad_token_id\": 3"), std::string::npos);
   EXPECT_NE(text.find("\"use_cache\": true"), std::string::npos);
   EXPECT_NE(text.find("\"output_router_logits\""), std::string::npos);
   EXPECT_NE(text.find("\"head_dim\": 32"), std::string::npos);

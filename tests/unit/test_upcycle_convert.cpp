@@ -155,11 +155,12 @@ TEST_F(UpcycleConvert, TiedEmbeddingsSideFilesAndOverwrite) {
   test::write_dense(path("tied"), test::tiny_dense_config({"tie_word_embeddings=true"}));
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"})
     std::ofstream(path("tied") + "/" + f) << "{\"fake\": \"" << f << "\"}";
-  std::ofstream(path("tied") + "/generation_config.json") << "{\"eos_token_id\": [1, 2]}";
+  std::ofstream(path("tied") + "/generation_config.json") << "{\"eos_token_id\": [1, 2], \"pad_token_id\": 2}";
   test::run_upcycle(test::tiny_recipe(), path("tied"), path("moe"));
   const auto out = checkpoint::SafetensorsDir::open(path("moe"));
   EXPECT_FALSE(out.has("lm_head.weight"));
   EXPECT_TRUE(config::load_model_config(path("moe")).tie_word_embeddings);
+  EXPECT_EQ(config::load_model_config(path("moe")).pad_token_id, 2);  // from the carried generation config
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "generation_config.json"})
     EXPECT_EQ(test::slurp(path("moe") + "/" + f), test::slurp(path("tied") + "/" + f)) << f;
   // An existing output is refused, then replaced with --overwrite.
