@@ -1,13 +1,16 @@
 #include "parallel/bootstrap.h"
 
 #include <mpi.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <exception>
+#include <vector>
 
 #include "core/check.h"
 #include "core/log.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/watchdog.h"
 
 namespace moekit::parallel {
 
@@ -101,6 +104,16 @@ std::unique_ptr<ParallelContext> make_parallel_context(std::unique_ptr<Communica
                " has size ", ep_comm->size(), " and rank ", ep_comm->rank());
   MOEKIT_CHECK(edp_comm->size() == topo.edp() && edp_comm->rank() == topo.edp_rank(), "edp group of ",
                topo.describe(), " has size ", edp_comm->size(), " and rank ", edp_comm->rank());
+  // Every rank's host, so that the watchdog can say where the peers it waits for run.
+  constexpr int kHost = 64;
+  char host[kHost] = {};
+  gethostname(host, kHost - 1);
+  std::vector<uint8_t> hosts(static_cast<size_t>(kHost) * world->size());
+  world->all_gather(hosts.data(), reinterpret_cast<const uint8_t*>(host), kHost);
+  std::vector<std::string> names(world->size());
+  for (int r = 0; r < world->size(); ++r)
+    names[r].assign(reinterpret_cast<const char*>(hosts.data()) + static_cast<size_t>(r) * kHost);
+  watchdog().set_hosts(std::move(names));
   return std::make_unique<ParallelContext>(topo, std::move(world), std::move(ep_comm), std::move(edp_comm));
 }
 

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "parallel/watchdog.h"
 
 namespace moekit::parallel {
 
@@ -40,11 +41,64 @@ void check_all_to_all_v(const Communicator& c, const int64_t* recv_counts, const
   }
 }
 
+// ---- Communicator: the watchdog's scope around every backend collective ---------------------
+
+namespace {
+int64_t bytes_of(int64_t count, DataType t) { return count * static_cast<int64_t>(data_type_size(t)); }
+int64_t sum_of(const int64_t* counts, int n) {
+  int64_t s = 0;
+  for (int r = 0; r < n; ++r) s += counts[r];
+  return s;
+}
+}  // namespace
+
+void Communicator::all_reduce(void* data, int64_t count, DataType type, ReduceOp op) {
+  const Watchdog::Scope w(*this, "all_reduce", bytes_of(count, type));
+  do_all_reduce(data, count, type, op);
+}
+void Communicator::reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) {
+  const Watchdog::Scope w(*this, "reduce_scatter", bytes_of(count * size(), type));
+  do_reduce_scatter(out, in, count, type, op);
+}
+void Communicator::all_gather(void* out, const void* in, int64_t count, DataType type) {
+  const Watchdog::Scope w(*this, "all_gather", bytes_of(count, type));
+  do_all_gather(out, in, count, type);
+}
+void Communicator::reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) {
+  const Watchdog::Scope w(*this, "reduce_scatter_v", bytes_of(sum_of(counts, size()), type));
+  do_reduce_scatter_v(out, in, counts, type, op);
+}
+void Communicator::all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) {
+  const Watchdog::Scope w(*this, "all_gather_v", bytes_of(counts[rank()], type));
+  do_all_gather_v(out, in, counts, type);
+}
+void Communicator::all_to_all(void* out, const void* in, int64_t count, DataType type) {
+  const Watchdog::Scope w(*this, "all_to_all", bytes_of(count * size(), type));
+  do_all_to_all(out, in, count, type);
+}
+void Communicator::all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
+                                const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) {
+  const Watchdog::Scope w(*this, "all_to_all_v", bytes_of(sum_of(send_counts, size()) * unit, type));
+  do_all_to_all_v(recv, recv_counts, recv_displs, send, send_counts, send_displs, unit, type);
+}
+void Communicator::broadcast(void* data, int64_t count, DataType type, int root) {
+  const Watchdog::Scope w(*this, "broadcast", bytes_of(count, type));
+  do_broadcast(data, count, type, root);
+}
+void Communicator::barrier() {
+  const Watchdog::Scope w(*this, "barrier", 0);
+  do_barrier();
+}
+std::unique_ptr<Communicator> Communicator::split(int color, int key, const std::string& name) {
+  const Watchdog::Scope w(*this, "split", 0);
+  return do_split(color, key, name);
+}
+
 // ---- LocalCommunicator -------------------------------------------------------------------
 // A group of one: every reduction is the identity, every exchange a copy (memmove, since a
 // caller may legitimately pass the same buffer as input and output).
 
-void LocalCommunicator::all_reduce(void* data, int64_t count, DataType type, ReduceOp op) {
+void LocalCommunicator::do_all_reduce(void* data, int64_t count, DataType type, ReduceOp op) {
   MOEKIT_CHECK(count >= 0, "all_reduce: negative count ", count);
   MOEKIT_CHECK(op != ReduceOp::kAvg || type == DataType::kF32 || type == DataType::kF64,
                "all_reduce: average of integer type ", data_type_name(type));
@@ -53,7 +107,7 @@ void LocalCommunicator::all_reduce(void* data, int64_t count, DataType type, Red
   (void)data;
 }
 
-void LocalCommunicator::reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) {
+void LocalCommunicator::do_reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) {
   MOEKIT_CHECK(count >= 0, "reduce_scatter: negative count ", count);
   const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
   stats_.reduce_scatter_bytes += static_cast<int64_t>(bytes);
@@ -62,7 +116,7 @@ void LocalCommunicator::reduce_scatter(void* out, const void* in, int64_t count,
   (void)op;
 }
 
-void LocalCommunicator::all_gather(void* out, const void* in, int64_t count, DataType type) {
+void LocalCommunicator::do_all_gather(void* out, const void* in, int64_t count, DataType type) {
   MOEKIT_CHECK(count >= 0, "all_gather: negative count ", count);
   const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
   stats_.all_gather_bytes += static_cast<int64_t>(bytes);
@@ -70,23 +124,23 @@ void LocalCommunicator::all_gather(void* out, const void* in, int64_t count, Dat
   if (bytes) std::memmove(out, in, bytes);
 }
 
-void LocalCommunicator::reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type,
+void LocalCommunicator::do_reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type,
                                          ReduceOp op) {
-  reduce_scatter(out, in, counts[0], type, op);
+  do_reduce_scatter(out, in, counts[0], type, op);
 }
 
-void LocalCommunicator::all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) {
-  all_gather(out, in, counts[0], type);
+void LocalCommunicator::do_all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) {
+  do_all_gather(out, in, counts[0], type);
 }
 
-void LocalCommunicator::all_to_all(void* out, const void* in, int64_t count, DataType type) {
+void LocalCommunicator::do_all_to_all(void* out, const void* in, int64_t count, DataType type) {
   MOEKIT_CHECK(count >= 0, "all_to_all: negative count ", count);
   const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
   ++stats_.calls;
   if (bytes) std::memmove(out, in, bytes);
 }
 
-void LocalCommunicator::all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs,
+void LocalCommunicator::do_all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs,
                                      const void* send, const int64_t* send_counts, const int64_t* send_displs,
                                      int64_t unit, DataType type) {
   check_all_to_all_v(*this, recv_counts, recv_displs, send_counts, send_displs);
@@ -99,14 +153,14 @@ void LocalCommunicator::all_to_all_v(void* recv, const int64_t* recv_counts, con
                  send_counts[0] * ub);
 }
 
-void LocalCommunicator::broadcast(void* data, int64_t count, DataType type, int root) {
+void LocalCommunicator::do_broadcast(void* data, int64_t count, DataType type, int root) {
   MOEKIT_CHECK(root == 0, "broadcast on group '", name(), "': root ", root, " is outside a group of one");
   stats_.broadcast_bytes += count * static_cast<int64_t>(data_type_size(type));
   ++stats_.calls;
   (void)data;
 }
 
-std::unique_ptr<Communicator> LocalCommunicator::split(int color, int key, const std::string& name) {
+std::unique_ptr<Communicator> LocalCommunicator::do_split(int color, int key, const std::string& name) {
   (void)color;
   (void)key;
   return std::make_unique<LocalCommunicator>(name);

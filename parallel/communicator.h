@@ -17,12 +17,15 @@
 //    job down instead of leaving the others waiting forever.
 //  - stats() counts the bytes this rank handed to each kind of collective, so the benchmark
 //    can compare them with the analytic per-step traffic.
+//  - A collective that does not finish in time ends the job (parallel/watchdog.h): the public
+//    functions time the backend's do_* calls, so a backend implements only the do_* functions.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace moekit::parallel {
 
@@ -62,34 +65,38 @@ class Communicator {
   // "world", "ep", "edp": names this group in errors.
   const std::string& name() const { return name_; }
 
+  // Collectives. Each is timed by the watchdog (parallel/watchdog.h) around the backend's do_*.
   // data (count) <- op over the group, in place. kAvg is for floating types only.
-  virtual void all_reduce(void* data, int64_t count, DataType type, ReduceOp op) = 0;
+  void all_reduce(void* data, int64_t count, DataType type, ReduceOp op);
   // out (count) <- op over the group of in[rank * count, (rank + 1) * count); in holds
   // size() * count elements.
-  virtual void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) = 0;
+  void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op);
   // out (size() * count) <- in (count) of every rank, in rank order.
-  virtual void all_gather(void* out, const void* in, int64_t count, DataType type) = 0;
+  void all_gather(void* out, const void* in, int64_t count, DataType type);
   // Uneven forms over consecutive blocks (block r = counts[r] elements, after blocks 0..r-1),
   // as ZeRO-1 needs for row-aligned shards. counts has size() entries, the same on every rank.
   // out (counts[rank]) <- op over the group of block `rank` of in (sum(counts) elements).
-  virtual void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) = 0;
+  void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op);
   // out (sum(counts)) <- block r from rank r's in (counts[r] elements).
-  virtual void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) = 0;
+  void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type);
   // out (size() * count) <- block r of every rank's in (size() * count) goes to rank r.
-  virtual void all_to_all(void* out, const void* in, int64_t count, DataType type) = 0;
+  void all_to_all(void* out, const void* in, int64_t count, DataType type);
   // This rank sends units [send_displs[r], send_displs[r] + send_counts[r]) of
   // `send` to rank r and receives recv_counts[r] units from rank r at recv_displs[r].
   // A unit is `unit` consecutive elements. Arrays have size() entries.
-  virtual void all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
-                            const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) = 0;
-  virtual void broadcast(void* data, int64_t count, DataType type, int root) = 0;
-  virtual void barrier() = 0;
+  void all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
+                    const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type);
+  void broadcast(void* data, int64_t count, DataType type, int root);
+  void barrier();
   // A new group of the ranks that pass the same color, ordered by key (MPI_Comm_split
   // semantics); every rank of this group must call it. The new group is owned by the caller.
-  virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
+  std::unique_ptr<Communicator> split(int color, int key, const std::string& name);
   // Print "moekit: error (rank R of W): message" to stderr and terminate every process of the
-  // job with a non-zero exit. Never returns.
+  // job with a non-zero exit. Never returns. May be called from another thread than the one
+  // blocked in a collective (the watchdog's).
   [[noreturn]] virtual void abort(int code, const std::string& message) = 0;
+  // World ranks of this group's members, in group rank order (names peers in messages).
+  const std::vector<int>& members() const { return members_; }
 
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_ = CommStats{}; }
@@ -115,7 +122,22 @@ class Communicator {
 
  protected:
   explicit Communicator(std::string name) : name_(std::move(name)) {}
+  // The backend's collectives, with the contracts of the public functions above.
+  virtual void do_all_reduce(void* data, int64_t count, DataType type, ReduceOp op) = 0;
+  virtual void do_reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) = 0;
+  virtual void do_all_gather(void* out, const void* in, int64_t count, DataType type) = 0;
+  virtual void do_reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) = 0;
+  virtual void do_all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) = 0;
+  virtual void do_all_to_all(void* out, const void* in, int64_t count, DataType type) = 0;
+  virtual void do_all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
+                               const int64_t* send_counts, const int64_t* send_displs, int64_t unit,
+                               DataType type) = 0;
+  virtual void do_broadcast(void* data, int64_t count, DataType type, int root) = 0;
+  virtual void do_barrier() = 0;
+  virtual std::unique_ptr<Communicator> do_split(int color, int key, const std::string& name) = 0;
+
   CommStats stats_;
+  std::vector<int> members_;  // filled by the backend's constructor
 
  private:
   std::string name_;
@@ -125,22 +147,24 @@ class Communicator {
 // that value). abort() prints the message and exits the process with `code`.
 class LocalCommunicator final : public Communicator {
  public:
-  explicit LocalCommunicator(std::string name = "local") : Communicator(std::move(name)) {}
+  explicit LocalCommunicator(std::string name = "local") : Communicator(std::move(name)) { members_ = {0}; }
   int rank() const override { return 0; }
   int size() const override { return 1; }
   int world_rank() const override { return 0; }
-  void all_reduce(void* data, int64_t count, DataType type, ReduceOp op) override;
-  void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) override;
-  void all_gather(void* out, const void* in, int64_t count, DataType type) override;
-  void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override;
-  void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override;
-  void all_to_all(void* out, const void* in, int64_t count, DataType type) override;
-  void all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
-                    const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) override;
-  void broadcast(void* data, int64_t count, DataType type, int root) override;
-  void barrier() override {}
-  std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
   [[noreturn]] void abort(int code, const std::string& message) override;
+
+ protected:
+  void do_all_reduce(void* data, int64_t count, DataType type, ReduceOp op) override;
+  void do_reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) override;
+  void do_all_gather(void* out, const void* in, int64_t count, DataType type) override;
+  void do_reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override;
+  void do_all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override;
+  void do_all_to_all(void* out, const void* in, int64_t count, DataType type) override;
+  void do_all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
+                       const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) override;
+  void do_broadcast(void* data, int64_t count, DataType type, int root) override;
+  void do_barrier() override {}
+  std::unique_ptr<Communicator> do_split(int color, int key, const std::string& name) override;
 };
 
 // Print "moekit: error (rank R of W): message" and MPI_Abort the whole job (or print and exit

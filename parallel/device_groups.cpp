@@ -1,7 +1,5 @@
 #include "parallel/device_groups.h"
 
-#include <exception>
-
 #include "core/check.h"
 #ifdef MOEKIT_WITH_CUDA
 #include "parallel/nccl_communicator.h"
@@ -16,29 +14,34 @@ namespace {
 class BackendLocalCommunicator final : public Communicator {
  public:
   BackendLocalCommunicator(backend::Backend& be, std::string name, int world_rank)
-      : Communicator(std::move(name)), be_(be), world_rank_(world_rank) {}
+      : Communicator(std::move(name)), be_(be), world_rank_(world_rank) {
+    members_ = {world_rank};
+  }
   int rank() const override { return 0; }
   int size() const override { return 1; }
   int world_rank() const override { return world_rank_; }
-  void all_reduce(void*, int64_t count, DataType type, ReduceOp) override {
+  [[noreturn]] void abort(int code, const std::string& message) override { abort_job(code, message); }
+
+ protected:
+  void do_all_reduce(void*, int64_t count, DataType type, ReduceOp) override {
     stats_.all_reduce_bytes += count * static_cast<int64_t>(data_type_size(type));
     ++stats_.calls;
   }
-  void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp) override {
+  void do_reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp) override {
     stats_.reduce_scatter_bytes += copy(out, in, count, type);
   }
-  void all_gather(void* out, const void* in, int64_t count, DataType type) override {
+  void do_all_gather(void* out, const void* in, int64_t count, DataType type) override {
     stats_.all_gather_bytes += copy(out, in, count, type);
   }
-  void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override {
-    reduce_scatter(out, in, counts[0], type, op);
+  void do_reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override {
+    do_reduce_scatter(out, in, counts[0], type, op);
   }
-  void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override {
-    all_gather(out, in, counts[0], type);
+  void do_all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override {
+    do_all_gather(out, in, counts[0], type);
   }
-  void all_to_all(void* out, const void* in, int64_t count, DataType type) override { copy(out, in, count, type); }
-  void all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
-                    const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) override {
+  void do_all_to_all(void* out, const void* in, int64_t count, DataType type) override { copy(out, in, count, type); }
+  void do_all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
+                       const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) override {
     check_all_to_all_v(*this, recv_counts, recv_displs, send_counts, send_displs);
     MOEKIT_CHECK(send_counts[0] == recv_counts[0], "all_to_all_v on group '", name(), "': a single rank sends ",
                  send_counts[0], " units to itself but expects ", recv_counts[0]);
@@ -47,16 +50,15 @@ class BackendLocalCommunicator final : public Communicator {
              static_cast<size_t>(send_counts[0] * ub));
     ++stats_.calls;
   }
-  void broadcast(void*, int64_t count, DataType type, int root) override {
+  void do_broadcast(void*, int64_t count, DataType type, int root) override {
     MOEKIT_CHECK(root == 0, "broadcast on group '", name(), "': root ", root, " is outside a group of one");
     stats_.broadcast_bytes += count * static_cast<int64_t>(data_type_size(type));
     ++stats_.calls;
   }
-  void barrier() override {}
-  std::unique_ptr<Communicator> split(int, int, const std::string& name) override {
+  void do_barrier() override {}
+  std::unique_ptr<Communicator> do_split(int, int, const std::string& name) override {
     return std::make_unique<BackendLocalCommunicator>(be_, name, world_rank_);
   }
-  [[noreturn]] void abort(int code, const std::string& message) override { abort_job(code, message); }
 
  private:
   int64_t copy(void* out, const void* in, int64_t count, DataType type) {
@@ -68,72 +70,6 @@ class BackendLocalCommunicator final : public Communicator {
   backend::Backend& be_;
   int world_rank_;
 };
-
-#ifdef MOEKIT_WITH_CUDA
-// Waits for the backend's queued work before each collective, then delegates.
-class BackendOrdered final : public Communicator {
- public:
-  BackendOrdered(backend::Backend& be, std::unique_ptr<Communicator> inner)
-      : Communicator(inner->name()), be_(be), inner_(std::move(inner)) {}
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-  int world_rank() const override { return inner_->world_rank(); }
-  void all_reduce(void* data, int64_t count, DataType type, ReduceOp op) override {
-    be_.synchronize();
-    inner_->all_reduce(data, count, type, op);
-    note();
-  }
-  void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) override {
-    be_.synchronize();
-    inner_->reduce_scatter(out, in, count, type, op);
-    note();
-  }
-  void all_gather(void* out, const void* in, int64_t count, DataType type) override {
-    be_.synchronize();
-    inner_->all_gather(out, in, count, type);
-    note();
-  }
-  void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override {
-    be_.synchronize();
-    inner_->reduce_scatter_v(out, in, counts, type, op);
-    note();
-  }
-  void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override {
-    be_.synchronize();
-    inner_->all_gather_v(out, in, counts, type);
-    note();
-  }
-  void all_to_all(void* out, const void* in, int64_t count, DataType type) override {
-    be_.synchronize();
-    inner_->all_to_all(out, in, count, type);
-    note();
-  }
-  void all_to_all_v(void* recv, const int64_t* rc, const int64_t* rd, const void* send, const int64_t* sc,
-                    const int64_t* sd, int64_t unit, DataType type) override {
-    be_.synchronize();
-    inner_->all_to_all_v(recv, rc, rd, send, sc, sd, unit, type);
-    note();
-  }
-  void broadcast(void* data, int64_t count, DataType type, int root) override {
-    be_.synchronize();
-    inner_->broadcast(data, count, type, root);
-    note();
-  }
-  void barrier() override { inner_->barrier(); }
-  std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
-    return std::make_unique<BackendOrdered>(be_, inner_->split(color, key, name));
-  }
-  [[noreturn]] void abort(int code, const std::string& message) override {
-    inner_->abort(code, message);
-    std::terminate();  // not reached: every backend's abort ends the process
-  }
-
- private:
-  void note() { stats_ = inner_->stats(); }
-  backend::Backend& be_;
-  std::unique_ptr<Communicator> inner_;
-};
-#endif
 
 }  // namespace
 
@@ -150,8 +86,9 @@ DeviceGroups::DeviceGroups(ParallelContext& ctx, backend::Backend& be) {
       own_[i] = std::make_unique<BackendLocalCommunicator>(be, names[i], host[i]->world_rank());
     } else {
 #ifdef MOEKIT_WITH_CUDA
-      // Every rank creates the same groups in the same order (each creation is a collective).
-      own_[i] = std::make_unique<BackendOrdered>(be, make_nccl_communicator(*host[i], names[i]));
+      // Every rank creates the same groups in the same order (each creation is a collective);
+      // each collective first waits for the backend's queued work.
+      own_[i] = make_nccl_communicator(*host[i], names[i], [&be] { be.synchronize(); });
 #else
       MOEKIT_FAIL("device groups: backend '", be.name(), "' needs NCCL, and this build has no CUDA");
 #endif

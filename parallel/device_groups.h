@@ -6,7 +6,8 @@
 //   cuda backend   an NCCL mirror of each group of more than one rank (MPI bootstraps it), rank
 //                  for rank; a group of one copies through the backend.
 // Every collective first waits for the backend's queued work (the NCCL communicators run on
-// their own streams), so callers hand over buffers the way they do on the CPU.
+// their own streams: make_nccl_communicator's hook), so callers hand over buffers the way they do on
+// the CPU.
 #pragma once
 
 #include <memory>

@@ -69,6 +69,16 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name, bool owned)
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+  // World rank of every member: translate 0..size-1 from this group to MPI_COMM_WORLD.
+  MPI_Group group, world_group;
+  MPI_Comm_group(comm_, &group);
+  MPI_Comm_group(MPI_COMM_WORLD, &world_group);
+  std::vector<int> ranks(size_);
+  for (int r = 0; r < size_; ++r) ranks[r] = r;
+  members_.resize(size_);
+  MPI_Group_translate_ranks(group, size_, ranks.data(), world_group, members_.data());
+  MPI_Group_free(&group);
+  MPI_Group_free(&world_group);
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -81,7 +91,7 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::world() {
   return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world", false);
 }
 
-void MpiCommunicator::all_reduce(void* data, int64_t count, DataType type, ReduceOp op) {
+void MpiCommunicator::do_all_reduce(void* data, int64_t count, DataType type, ReduceOp op) {
   check_avg_type(op, type, "all_reduce");
   MOEKIT_CHECK(count >= 0, "all_reduce on group '", name(), "': negative count ", count);
   const size_t es = data_type_size(type);
@@ -94,7 +104,7 @@ void MpiCommunicator::all_reduce(void* data, int64_t count, DataType type, Reduc
   if (op == ReduceOp::kAvg && size_ > 1) divide(data, count, type, size_);
 }
 
-void MpiCommunicator::reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) {
+void MpiCommunicator::do_reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) {
   check_avg_type(op, type, "reduce_scatter");
   const int n = checked_int(count, *this, "reduce_scatter");
   stats_.reduce_scatter_bytes += count * size_ * static_cast<int64_t>(data_type_size(type));
@@ -103,14 +113,14 @@ void MpiCommunicator::reduce_scatter(void* out, const void* in, int64_t count, D
   if (op == ReduceOp::kAvg && size_ > 1) divide(out, count, type, size_);
 }
 
-void MpiCommunicator::all_gather(void* out, const void* in, int64_t count, DataType type) {
+void MpiCommunicator::do_all_gather(void* out, const void* in, int64_t count, DataType type) {
   const int n = checked_int(count, *this, "all_gather");
   stats_.all_gather_bytes += count * static_cast<int64_t>(data_type_size(type));
   ++stats_.calls;
   MPI_Allgather(in, n, mpi_type(type), out, n, mpi_type(type), comm_);
 }
 
-void MpiCommunicator::reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type,
+void MpiCommunicator::do_reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type,
                                        ReduceOp op) {
   check_avg_type(op, type, "reduce_scatter_v");
   std::vector<int> c(size_);
@@ -122,7 +132,7 @@ void MpiCommunicator::reduce_scatter_v(void* out, const void* in, const int64_t*
   if (op == ReduceOp::kAvg && size_ > 1) divide(out, counts[rank_], type, size_);
 }
 
-void MpiCommunicator::all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) {
+void MpiCommunicator::do_all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) {
   std::vector<int> c(size_), d(size_);
   int64_t total = 0;
   for (int r = 0; r < size_; ++r) {
@@ -135,14 +145,14 @@ void MpiCommunicator::all_gather_v(void* out, const void* in, const int64_t* cou
   MPI_Allgatherv(in, c[rank_], mpi_type(type), out, c.data(), d.data(), mpi_type(type), comm_);
 }
 
-void MpiCommunicator::all_to_all(void* out, const void* in, int64_t count, DataType type) {
+void MpiCommunicator::do_all_to_all(void* out, const void* in, int64_t count, DataType type) {
   const int n = checked_int(count, *this, "all_to_all");
   stats_.all_to_all_bytes += count * (size_ - 1) * static_cast<int64_t>(data_type_size(type));
   ++stats_.calls;
   MPI_Alltoall(in, n, mpi_type(type), out, n, mpi_type(type), comm_);
 }
 
-void MpiCommunicator::all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs,
+void MpiCommunicator::do_all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs,
                                    const void* send, const int64_t* send_counts, const int64_t* send_displs,
                                    int64_t unit, DataType type) {
   check_all_to_all_v(*this, recv_counts, recv_displs, send_counts, send_displs);
@@ -165,7 +175,7 @@ void MpiCommunicator::all_to_all_v(void* recv, const int64_t* recv_counts, const
   MPI_Type_free(&row);
 }
 
-void MpiCommunicator::broadcast(void* data, int64_t count, DataType type, int root) {
+void MpiCommunicator::do_broadcast(void* data, int64_t count, DataType type, int root) {
   MOEKIT_CHECK(root >= 0 && root < size_, "broadcast on group '", name(), "': root ", root, " outside [0, ", size_,
                ")");
   const size_t es = data_type_size(type);
@@ -177,9 +187,9 @@ void MpiCommunicator::broadcast(void* data, int64_t count, DataType type, int ro
   }
 }
 
-void MpiCommunicator::barrier() { MPI_Barrier(comm_); }
+void MpiCommunicator::do_barrier() { MPI_Barrier(comm_); }
 
-std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const std::string& name) {
+std::unique_ptr<Communicator> MpiCommunicator::do_split(int color, int key, const std::string& name) {
   MPI_Comm sub;
   MPI_Comm_split(comm_, color, key, &sub);
   return std::make_unique<MpiCommunicator>(sub, name, true);

@@ -33,18 +33,20 @@ class MpiCommunicator final : public Communicator {
   int world_rank() const override { return world_rank_; }
   MPI_Comm comm() const { return comm_; }
 
-  void all_reduce(void* data, int64_t count, DataType type, ReduceOp op) override;
-  void reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) override;
-  void all_gather(void* out, const void* in, int64_t count, DataType type) override;
-  void reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override;
-  void all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override;
-  void all_to_all(void* out, const void* in, int64_t count, DataType type) override;
-  void all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
-                    const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) override;
-  void broadcast(void* data, int64_t count, DataType type, int root) override;
-  void barrier() override;
-  std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
   [[noreturn]] void abort(int code, const std::string& message) override;
+
+ protected:
+  void do_all_reduce(void* data, int64_t count, DataType type, ReduceOp op) override;
+  void do_reduce_scatter(void* out, const void* in, int64_t count, DataType type, ReduceOp op) override;
+  void do_all_gather(void* out, const void* in, int64_t count, DataType type) override;
+  void do_reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type, ReduceOp op) override;
+  void do_all_gather_v(void* out, const void* in, const int64_t* counts, DataType type) override;
+  void do_all_to_all(void* out, const void* in, int64_t count, DataType type) override;
+  void do_all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs, const void* send,
+                       const int64_t* send_counts, const int64_t* send_displs, int64_t unit, DataType type) override;
+  void do_broadcast(void* data, int64_t count, DataType type, int root) override;
+  void do_barrier() override;
+  std::unique_ptr<Communicator> do_split(int color, int key, const std::string& name) override;
 
  private:
   MPI_Comm comm_;

@@ -152,6 +152,9 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   Section par(top.child("parallel"), "parallel", path);
   par.get("ep", &c.parallel.ep);
   par.get("zero1", &c.parallel.zero1);
+  par.get("timeout", &c.parallel.timeout);
+  par.get("step_timeout", &c.parallel.step_timeout);
+  par.get("timeout_steps", &c.parallel.timeout_steps);
   par.finish();
 
   YAML::Node optim = top.child("optim");
@@ -205,6 +208,12 @@ void RunConfig::validate(int world_size) const {
   MOEKIT_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, w,
                ": checkpoint.every must be >= 0 and checkpoint.keep >= 1");
   MOEKIT_CHECK(parallel.ep >= 1, w, ": parallel.ep must be >= 1, got ", parallel.ep);
+  MOEKIT_CHECK(parallel.timeout >= 0 && std::isfinite(parallel.timeout), w,
+               ": parallel.timeout must be >= 0 seconds (0 turns the watchdog off), got ", parallel.timeout);
+  MOEKIT_CHECK(parallel.step_timeout > 0 && std::isfinite(parallel.step_timeout), w,
+               ": parallel.step_timeout must be > 0 seconds, got ", parallel.step_timeout);
+  MOEKIT_CHECK(parallel.timeout_steps >= 1 && std::isfinite(parallel.timeout_steps), w,
+               ": parallel.timeout_steps must be >= 1, got ", parallel.timeout_steps);
   MOEKIT_CHECK(!model_config.is_moe() || model_config.num_experts % parallel.ep == 0, w, ": num_experts ",
                model_config.num_experts, " is not divisible by parallel.ep ", parallel.ep);
   MOEKIT_CHECK(world_size <= 0 || world % parallel.ep == 0, w, ": world size ", world, " is not divisible by parallel.ep ", parallel.ep);
@@ -252,7 +261,10 @@ std::string run_config_to_yaml(const RunConfig& c) {
   e << YAML::Key << "final" << YAML::Value << c.checkpoint.final << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "ep" << YAML::Value << c.parallel.ep;
-  e << YAML::Key << "zero1" << YAML::Value << c.parallel.zero1 << YAML::EndMap;
+  e << YAML::Key << "zero1" << YAML::Value << c.parallel.zero1;
+  e << YAML::Key << "timeout" << YAML::Value << c.parallel.timeout;
+  e << YAML::Key << "step_timeout" << YAML::Value << c.parallel.step_timeout;
+  e << YAML::Key << "timeout_steps" << YAML::Value << c.parallel.timeout_steps << YAML::EndMap;
   e << YAML::Key << "optim" << YAML::Value << YAML::Load(c.optim_yaml);
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";

@@ -65,6 +65,12 @@ struct CheckpointSection {
 struct ParallelSection {
   int64_t ep = 1;      // expert-parallel ranks per group (world = ep x edp)
   bool zero1 = false;  // shard the optimizer state over the ranks replicating each parameter
+  // Watchdog (parallel/watchdog.h): a collective that has not finished after
+  // max(step_timeout, timeout_steps x the longest step) seconds inside a training step, or
+  // max(timeout, ...) between steps, aborts the job; timeout 0 turns the watchdog off.
+  double timeout = 300;
+  double step_timeout = 40;
+  double timeout_steps = 5;
 };
 
 struct RunConfig {

@@ -35,6 +35,7 @@
 #include "optim/optim.h"
 #include "parallel/device_groups.h"
 #include "parallel/grad_sync.h"
+#include "parallel/watchdog.h"
 #include "parallel/zero1.h"
 #include "train/metrics.h"
 #include "train/model_io.h"
@@ -49,7 +50,7 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 std::atomic<int> g_signal{0};
-extern "C" void on_stop_signal(int sig) { g_signal.store(sig); }
+extern "C" void on_stop_signal(int sig) { g_signal.store(sig); parallel::Watchdog::note_stop_signal(); }
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -764,7 +765,7 @@ TrainSummary Trainer::run() {
     const auto t0 = Clock::now();
     const double lr = optim::lr_at(ocfg_, step_, cfg_.train.steps);
     const data::Batch batch = loader_->next_batch(ctx_.topo.rank(), ctx_.topo.world());
-    const StepResult r = train_step(batch);
+    const StepResult r = parallel::watchdog().run_step(step_ + 1, [&] { return train_step(batch); });
     ++step_;
     tokens_ += step_tokens;
     last_loss_ = r.loss;

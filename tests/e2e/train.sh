@@ -220,11 +220,17 @@ expect_fail "bad train.device" "train.device 'tpu' must be cpu or cuda" train --
   --set train.device=tpu
 expect_fail "cuda with fp16" "optim.precision fp16 with train.device cuda" train --config configs/train/tiny-moe.yaml \
   --set run_dir="$tmp/b7" --set train.device=cuda --set optim.precision=fp16
+expect_fail "negative watchdog timeout" "parallel.timeout must be >= 0 seconds" train --config $cfg \
+  --set run_dir="$tmp/b9" --set parallel.timeout=-1
+expect_fail "zero step timeout" "parallel.step_timeout must be > 0 seconds, got 0" train --config $cfg \
+  --set run_dir="$tmp/b9" --set parallel.step_timeout=0
+expect_fail "timeout_steps below 1" "parallel.timeout_steps must be >= 1, got 0.5" train --config $cfg \
+  --set run_dir="$tmp/b9" --set parallel.timeout_steps=0.5
 if [ "$(nvidia-smi -L 2>/dev/null | grep -c GPU)" = 0 ]; then  # here the device check itself must refuse
   expect_fail "cuda without a GPU" "train.device is 'cuda' but" train --config $cfg --set run_dir="$tmp/b8" \
     --set train.device=cuda
 fi
-[ ! -e "$tmp/b1" ] && [ ! -e "$tmp/b3" ] && [ ! -e "$tmp/b6" ] && [ ! -e "$tmp/b7" ] && [ ! -e "$tmp/b8" ] && ok "no run dir left by config errors" || bad "run dir left by config errors"
+[ ! -e "$tmp/b1" ] && [ ! -e "$tmp/b3" ] && [ ! -e "$tmp/b6" ] && [ ! -e "$tmp/b9" ] && [ ! -e "$tmp/b7" ] && [ ! -e "$tmp/b8" ] && ok "no run dir left by config errors" || bad "run dir left by config errors"
 expect_fail "export of a non-checkpoint" "neither a checkpoint" "$moekit" export --checkpoint "$tmp" --out "$tmp/x"
 expect_fail "export over an existing dir" "$tmp/moe/hf" "$moekit" export --checkpoint "$tmp/moe" --out "$tmp/moe/hf"
 

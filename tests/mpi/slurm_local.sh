@@ -3,8 +3,11 @@
 # directory (own ports, state, logs; nothing system-wide is touched), submit launch/slurm.sbatch
 # with 2 tasks (srun --mpi=pmix, ep=2) through sbatch, and check that the job trains and gives
 # the losses of a single-process run (tolerance 1e-5 relative, as tests/mpi/train_layouts.sh),
-# with srun (PMIx) and with mpirun inside the allocation; then a rank that throws under srun
-# must end the job step quickly with a non-zero status and a message naming the rank.
+# with srun (PMIx) and with launch/mpirun inside the allocation, submitted from another
+# directory; the same job submitted again resumes (resume=auto by default); SIGTERM to the tasks
+# leaves a checkpoint and exit 143; then a rank that
+# throws under srun must end the job step quickly with a non-zero status and a message naming
+# the rank.
 # Skips (exit 77) when Slurm or MUNGE is not installed (launch/setup-slurm installs them) or
 # the daemons cannot start here (e.g. no permission to run them).
 #   slurm_local.sh MOEKIT SOURCE_DIR FAIL_RANK_BINARY
@@ -96,7 +99,7 @@ echo "ok   - slurmctld and slurmd up on $host (port $port), node idle"
 
 # ---- a 2-rank training job through sbatch -> srun ------------------------------------------
 cd "$src"
-common=(--config configs/train/tiny-moe.yaml --set "data.train=[$tmp/data/synth]" --set data.synth_tokens=200000
+common=(--config "$src/configs/train/tiny-moe.yaml" --set "data.train=[$tmp/data/synth]" --set data.synth_tokens=200000
         --set train.peak_flops=1e11 --set train.steps=10 --set train.seq_len=64 --set train.global_batch_size=8
         --set train.micro_batch_size=2 --set train.eval_every=0 --set checkpoint.every=0 --set train.log_every=5
         --set loss.aux=hf_pooled)
@@ -104,14 +107,19 @@ OMP_NUM_THREADS=1 "$moekit" train "${common[@]}" --set run_dir="$tmp/w1" >"$tmp/
   { echo "FAIL - reference run"; tail -5 "$tmp/w1.log"; exit 1; }
 fail=0
 for launcher in srun mpirun; do
-  MOEKIT_BIN="$moekit" MOEKIT_LAUNCHER=$launcher timeout 300 sbatch --wait --parsable -N1 -n2 --cpus-per-task=1 \
-    -o "$tmp/job_$launcher.out" launch/slurm.sbatch "${common[@]}" --set run_dir="$tmp/s_$launcher" \
-    --set parallel.ep=2 >"$tmp/sbatch_$launcher.log" 2>&1
+  # Submitted from another directory: the script finds the moekit tree from its own path (the
+  # job runs in the source tree, --chdir, as the configs name the model by a relative path).
+  (cd "$tmp" && MOEKIT_BIN="$moekit" MOEKIT_LAUNCHER=$launcher timeout 300 sbatch --wait --parsable -N1 -n2 \
+    --chdir="$src" --cpus-per-task=1 -o "$tmp/job_$launcher.out" "$src/launch/slurm.sbatch" "${common[@]}" \
+    --set run_dir="$tmp/s_$launcher" --set parallel.ep=2 \
+    >"$tmp/sbatch_$launcher.log" 2>&1)
   rc=$?
   if [ $rc -ne 0 ]; then
     echo "FAIL - sbatch ($launcher) exited $rc"; tail -8 "$tmp/sbatch_$launcher.log" "$tmp/job_$launcher.out"; fail=1; continue
   fi
   grep -q "rank 0/2" "$tmp/job_$launcher.out" || { echo "FAIL - $launcher job did not run 2 ranks"; tail -5 "$tmp/job_$launcher.out"; fail=1; }
+  grep -q "moekit tree $src\$" "$tmp/job_$launcher.out" ||
+    { echo "FAIL - the job did not find the moekit tree from the script's path: $(grep 'moekit: job' "$tmp/job_$launcher.out")"; fail=1; }
   python3 - "$tmp/w1/metrics.jsonl" "$tmp/s_$launcher/metrics.jsonl" "$launcher" <<'PY' || fail=1
 import json, sys
 ref = [r["loss"] for r in map(json.loads, open(sys.argv[1]))]
@@ -124,6 +132,36 @@ print(f"{'ok  ' if ok else 'FAIL'} - sbatch launch/slurm.sbatch with {sys.argv[3
 sys.exit(0 if ok else 1)
 PY
 done
+
+# The same job again (a requeue or a resubmission) with 12 steps: resume=auto is the default, so
+# it goes on from step 10 instead of refusing the run directory.
+(cd "$tmp" && MOEKIT_BIN="$moekit" timeout 300 sbatch --wait --parsable -N1 -n2 --chdir="$src" --cpus-per-task=1 \
+  -o "$tmp/job_again.out" "$src/launch/slurm.sbatch" "${common[@]}" \
+  --set run_dir="$tmp/s_srun" --set parallel.ep=2 --set train.steps=12 >"$tmp/sbatch_again.log" 2>&1)
+rc=$?
+if [ $rc -eq 0 ] && grep -q "resume: step 10" "$tmp/job_again.out" && [ "$(wc -l <"$tmp/s_srun/metrics.jsonl")" = 12 ]; then
+  echo "ok   - the job submitted again resumes from step 10 (resume=auto by default) and ends at step 12"
+else
+  echo "FAIL - second submission: exit $rc"; tail -5 "$tmp/job_again.out"; fail=1
+fi
+
+# Preemption under srun: SIGTERM to the job's tasks (scancel --signal=TERM, what a preemption or
+# the time limit sends first): the ranks checkpoint after the current step and the job exits 143.
+(cd "$tmp" && MOEKIT_BIN="$moekit" timeout 120 sbatch --wait --parsable -N1 -n2 --chdir="$src" --cpus-per-task=1 \
+  -o "$tmp/job_term.out" "$src/launch/slurm.sbatch" "${common[@]}" --set run_dir="$tmp/s_term" \
+  --set parallel.ep=2 --set train.steps=2000 >"$tmp/sbatch_term.log" 2>&1) &
+waiter=$!
+for _ in $(seq 1 300); do [ "$(cat "$tmp/s_term/metrics.jsonl" 2>/dev/null | wc -l)" -ge 3 ] && break; sleep 0.2; done
+scancel --signal=TERM "$(squeue -h -o %i | head -1)"
+wait $waiter
+rc=$?
+step=$(cat "$tmp/s_term/checkpoints/latest" 2>/dev/null)
+if [ $rc -eq 143 ] && [ -n "$step" ] && [ -f "$tmp/s_term/checkpoints/$step/meta.json" ] &&
+   [ "$step" = "$(printf 'step_%08d' "$(wc -l <"$tmp/s_term/metrics.jsonl")")" ]; then
+  echo "ok   - SIGTERM to the srun tasks: checkpoint $step, job exit 143"
+else
+  echo "FAIL - SIGTERM under srun: sbatch exit $rc, latest '$step'"; tail -5 "$tmp/job_term.out"; fail=1
+fi
 
 # A rank that throws: MPI_Abort through PMIx ends the whole step.
 start=$(date +%s)
