@@ -126,10 +126,28 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
   }
 }
 
+void check_hf_shapes(const config::ModelConfig& cfg, const SafetensorsDir& dir) {
+  model::ParamStore store;  // declared only: names and shapes, nothing allocated
+  model::declare_model_params(cfg, &store);
+  const HfLayout layout = detect_layout(dir);
+  const int64_t qd = cfg.num_attention_heads * cfg.head_size(), kvd = cfg.num_key_value_heads * cfg.head_size();
+  for (const auto& spec : store.specs()) {
+    const HfSource src = hf_source(layout, spec.name, cfg);
+    MOEKIT_CHECK(dir.has(src.name), dir.dir(), ": missing tensor '", src.name, "' (expected shape ",
+                 shape_str(spec.shape), layout == HfLayout::kQwenV1 ? ", Qwen v1 source of '" + spec.name + "')" : ")");
+    Shape want = spec.shape;
+    if (src.slice) want[0] = qd + 2 * kvd;  // Qwen v1's fused c_attn: rows [q; k; v]
+    const Shape& got = dir.info(src.name).shape;
+    MOEKIT_CHECK(got == want, dir.dir(), ": tensor '", src.name, "' has shape ", shape_str(got), ", but ", dir.dir(),
+                 "/config.json implies ", shape_str(want));
+  }
+}
+
 std::unique_ptr<model::Model> load_hf_model(const std::string& dir) {
   MOEKIT_CHECK(fs::is_directory(dir), "model directory '", dir, "' does not exist or is not a directory");
   config::ModelConfig cfg = config::load_model_config(dir);
   auto st = SafetensorsDir::open(dir);
+  check_hf_shapes(cfg, st);  // before the model is allocated from the config's sizes
   auto model = std::make_unique<model::Model>(cfg);
   load_hf_weights(model.get(), st);
   return model;
