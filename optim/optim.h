@@ -53,6 +53,7 @@ struct OptimConfig {
   double loss_scale_min = 1.0;
   NanPolicy nan_policy = NanPolicy::kSkip;  // non-finite loss or gradient: skip step / stop run
   int64_t max_skipped_steps = 100;          // kSkip: stop when more steps than this are skipped in a row
+  double max_skipped_fraction = 0.1;        // kSkip: a run that skipped more of its steps ends with an error
 
   // Errors name the key (`optim.<key>`) and the value. warmup_steps larger than the run is
   // allowed (the learning rate then never reaches `lr`); the run length is not known here.

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "core/finite.h"
 #include "core/log.h"
 
 namespace moekit::checkpoint {
@@ -76,6 +77,17 @@ HfSource hf_source(HfLayout layout, const std::string& qwen2_name, const config:
   return v1_source(qwen2_name, cfg.num_attention_heads * cfg.head_size(), cfg.num_key_value_heads * cfg.head_size());
 }
 
+namespace {
+
+// A NaN or infinity in loaded weights would only surface later as a NaN loss (and every step
+// skipped): refused at load, naming the tensor.
+void check_finite(const SafetensorsDir& dir, const std::string& name, const float* v, int64_t n) {
+  const int64_t i = first_non_finite(v, n);
+  MOEKIT_CHECK(i < 0, dir.dir(), ": tensor '", name, "': non-finite value ", i < 0 ? 0.f : v[i], " at element ", i);
+}
+
+}  // namespace
+
 void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
   const auto& cfg = model->config();
   const HfLayout layout = detect_layout(dir);
@@ -89,6 +101,7 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
       MOEKIT_CHECK(dir.has(spec.name), dir.dir(), ": missing tensor '", spec.name, "' (expected shape ",
                    shape_str(spec.shape), ")");
       std::vector<float> v = dir.read_f32(spec.name, spec.shape);
+      check_finite(dir, spec.name, v.data(), n);
       std::memcpy(dst, v.data(), n * sizeof(float));
       used.insert(spec.name);
       continue;
@@ -99,6 +112,7 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
     used.insert(src.name);
     if (!src.slice) {
       std::vector<float> v = dir.read_f32(src.name, spec.shape);
+      check_finite(dir, src.name, v.data(), n);
       std::memcpy(dst, v.data(), n * sizeof(float));
       continue;
     }
@@ -107,6 +121,7 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
     fused[0] = qd + 2 * kvd;
     std::vector<float> v = dir.read_f32(src.name, fused);
     const int64_t row = spec.shape.size() == 2 ? spec.shape[1] : 1;
+    check_finite(dir, src.name, v.data() + src.row0 * row, n);
     std::memcpy(dst, v.data() + src.row0 * row, n * sizeof(float));
   }
   // An expert-parallel rank reads only its own experts; the other ranks' experts are expected

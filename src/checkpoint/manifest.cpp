@@ -168,4 +168,22 @@ VerifiedStep verify_step_dir(const std::string& dir) {
   return out;
 }
 
+void reseal_step_dir(const std::string& dir) {
+  std::map<std::string, FileDigest> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name != kManifestName) files[name] = digest_file(e.path().string());
+  }
+  const std::string base = fs::path(dir).filename().string();
+  MOEKIT_CHECK(base.rfind("step_", 0) == 0 && base.size() > 5 && base.size() < 24 &&
+                   base.find_first_not_of("0123456789", 5) == std::string::npos,
+               dir, ": not a step directory (step_<digits>)");
+  const std::string path = (fs::path(dir) / kManifestName).string();
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  MOEKIT_CHECK(f != nullptr, path, ": cannot write: ", std::strerror(errno));
+  const std::string text = manifest_json(std::stoll(base.substr(5)), files);
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  MOEKIT_CHECK(std::fclose(f) == 0 && ok, path, ": write failed");
+}
+
 }  // namespace moekit::checkpoint

@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <utility>
@@ -58,11 +59,12 @@ void fsync_path(const std::string& path, bool is_dir) {
 }
 
 // Writes a new small file and fsyncs it; on any failure the file is removed again, so a full
-// disk leaves no empty or truncated file behind. `fault` names the fault-injection point
-// (core/fault.h) at which the write fails as on a full disk.
-void write_synced(const std::string& path, const std::string& text, const char* fault) {
+// disk leaves no empty or truncated file behind. `fault` (optional) names the fault-injection
+// point (core/fault.h) reached once per call: a kill there, or this write failing as on a full disk.
+void write_synced(const std::string& path, const std::string& text, const char* fault = nullptr) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   MOEKIT_CHECK(fd >= 0, path, ": cannot create: ", errno_str());
+  const bool disk_full = fault != nullptr && fault_point(fault);
   auto fail = [&](const std::string& what, int err) {
     ::close(fd);
     ::unlink(path.c_str());
@@ -71,7 +73,7 @@ void write_synced(const std::string& path, const std::string& text, const char* 
   const char* p = text.data();
   size_t n = text.size();
   while (n > 0) {
-    ssize_t r = fault_point(fault) ? (errno = ENOSPC, -1) : ::write(fd, p, n);
+    ssize_t r = disk_full ? (errno = ENOSPC, -1) : ::write(fd, p, n);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) fail("write", r < 0 ? errno : EIO);
     p += r;
@@ -273,6 +275,7 @@ TrainCheckpointWriter::TrainCheckpointWriter(const std::string& ckpt_dir, int64_
     }
     fs::create_directory(tmp_dir_, ec);
     MOEKIT_CHECK(!ec, tmp_dir_, ": cannot create: ", ec.message());
+    owns_dir_ = true;
   } else {
     MOEKIT_CHECK(fs::is_directory(tmp_dir_, ec), tmp_dir_, ": does not exist; rank ", rank,
                  " must open its writer after rank 0 created it (barrier)");
@@ -288,7 +291,14 @@ TrainCheckpointWriter::TrainCheckpointWriter(const std::string& ckpt_dir, int64_
   h5::write_attr_i64(impl_->file.get(), "rank", rank, impl_->partial_path);
 }
 
-TrainCheckpointWriter::~TrainCheckpointWriter() = default;  // Impl discards an unclosed file; no rename
+TrainCheckpointWriter::~TrainCheckpointWriter() {
+  const bool failed = !impl_->closed && std::uncaught_exceptions() > 0;
+  impl_.reset();  // discards an unclosed file; no rename
+  if (failed && owns_dir_) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir_, ec);
+  }
+}
 
 void TrainCheckpointWriter::write(const std::string& group, const std::string& name, const Shape& shape,
                                   const float* data, int64_t row_offset, int64_t full_rows) {
@@ -408,10 +418,10 @@ std::string commit_checkpoint(const std::string& ckpt_dir, int64_t step, const n
     m["files"] = files;
     const std::string meta_text = m.dump(2) + "\n";
     write_synced((fs::path(tmp) / "meta.json").string(), meta_text, "ckpt.meta");
-    write_synced((fs::path(tmp) / "config.resolved.yaml").string(), config_yaml, "ckpt.meta");
+    write_synced((fs::path(tmp) / "config.resolved.yaml").string(), config_yaml);
     digests["meta.json"] = digest_bytes(meta_text);
     digests["config.resolved.yaml"] = digest_bytes(config_yaml);
-    write_synced((fs::path(tmp) / kManifestName).string(), manifest_json(step, digests), "ckpt.meta");
+    write_synced((fs::path(tmp) / kManifestName).string(), manifest_json(step, digests));
     fsync_path(tmp, true);
   } catch (...) {
     // Nothing of this step was published: free its space (a full disk is a likely cause).

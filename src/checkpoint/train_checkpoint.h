@@ -44,7 +44,10 @@ class TrainCheckpointWriter {
   // step; other ranks must call after a barrier with create_dir=false) and opens
   // rank_R.h5.partial in it.
   TrainCheckpointWriter(const std::string& ckpt_dir, int64_t step, int rank = 0, bool create_dir = true);
-  ~TrainCheckpointWriter();  // an uncommitted writer leaves only a .tmp directory
+  // An unclosed writer leaves only a .tmp directory (its file truncated); the writer that created
+  // the directory removes it when destroyed by an exception (a write failed, e.g. a full disk:
+  // the step cannot be committed and its space is wanted back).
+  ~TrainCheckpointWriter();
   TrainCheckpointWriter(const TrainCheckpointWriter&) = delete;
   TrainCheckpointWriter& operator=(const TrainCheckpointWriter&) = delete;
 
@@ -66,6 +69,7 @@ class TrainCheckpointWriter {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::string tmp_dir_, final_dir_;
+  bool owns_dir_ = false;
 };
 
 // Rank 0, after every rank closed its writer: writes meta.json (adding "step" and "files": the

@@ -22,6 +22,7 @@
 #include "core/bounded_parse.h"
 #include "core/check.h"
 #include "core/crc32c.h"
+#include "core/finite.h"
 
 namespace moekit::checkpoint {
 
@@ -303,18 +304,6 @@ void check_crc(uint32_t stored, uint32_t computed, const std::string& at) {
   char buf[96];
   std::snprintf(buf, sizeof buf, "stored 0x%08x, computed 0x%08x", stored, computed);
   MOEKIT_FAIL(at, ": crc32c mismatch (", buf, "): the checkpoint is corrupt");
-}
-
-// Index of the first NaN or infinity in x[0, n), or -1. Exponent bits all ones <=> not finite;
-// an integer OR-reduction vectorises where a float compare chain would not.
-int64_t first_non_finite(const float* x, int64_t n) {
-  const auto* u = reinterpret_cast<const uint32_t*>(x);
-  uint32_t any = 0;
-  for (int64_t i = 0; i < n; ++i) any |= static_cast<uint32_t>((u[i] & 0x7f800000u) == 0x7f800000u);
-  if (!any) return -1;
-  for (int64_t i = 0; i < n; ++i)
-    if ((u[i] & 0x7f800000u) == 0x7f800000u) return i;
-  return -1;
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/train_checkpoint.h"
 #include "core/check.h"
+#include "core/finite.h"
+#include "train/resume_check.h"
 
 namespace moekit::train {
 
@@ -28,12 +30,15 @@ std::unique_ptr<model::Model> load_checkpoint_model(const std::string& path, int
   MOEKIT_CHECK(r.meta().contains("model_config"), dir, "/meta.json has no model_config");
   const config::ModelConfig mc =
       config::model_config_from_hf_json(r.meta()["model_config"].dump(), dir + "/meta.json");
+  // Names and shapes against the config before the model is allocated from its sizes.
+  check_checkpoint_tensors(r, mc);
   auto m = std::make_unique<model::Model>(mc);
   for (const auto& s : m->params().specs()) {
-    MOEKIT_CHECK(r.has("master", s.name), dir, ": no tensor '", s.name, "'");
-    MOEKIT_CHECK(r.shape("master", s.name) == s.shape, dir, ": tensor '", s.name, "' has shape ",
-                 shape_str(r.shape("master", s.name)), ", expected ", shape_str(s.shape));
-    r.read("master", s.name, m->params().get(s.name).w);
+    float* w = m->params().get(s.name).w;
+    r.read("master", s.name, w);
+    const int64_t bad = first_non_finite(w, s.numel());
+    MOEKIT_CHECK(bad < 0, dir, ": master weights of tensor '", s.name, "': non-finite value ", w[bad < 0 ? 0 : bad],
+                 " at element ", bad);
   }
   if (step) *step = r.step();
   return m;

@@ -24,6 +24,7 @@
 #include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/train_checkpoint.h"
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "core/device.h"
 #include "core/half.h"
@@ -31,11 +32,13 @@
 #include "data/loader.h"
 #include "data/synth.h"
 #include "model/model.h"
+#include "optim/finite.h"
 #include "optim/optim.h"
 #include "parallel/grad_sync.h"
 #include "parallel/zero1.h"
 #include "train/device_step.h"
 #include "train/metrics.h"
+#include "train/resume_check.h"
 #include "train/tfevents.h"
 
 namespace moekit::train {
@@ -93,9 +96,9 @@ void truncate_jsonl(const std::string& path, int64_t step) {
   std::string line, kept;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
-    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) continue;  // a line torn by the crash
-    if (j.value("step", int64_t{0}) <= step) kept += line + "\n";
+    const std::optional<json> j = try_parse_json(line);
+    if (!j || !j->is_object()) continue;  // a line torn by the crash
+    if (j->value("step", int64_t{0}) <= step) kept += line + "\n";
   }
   write_file_atomic(path, kept);
 }
@@ -152,6 +155,7 @@ class Trainer {
     bool skipped = false;
   };
   void prepare_run_dir();
+  void write_resolved_config();
   void init_weights();
   void resume();
   StepResult train_step(const data::Batch& batch);
@@ -195,6 +199,7 @@ class Trainer {
   int64_t step_ = 0;  // completed steps
   int64_t tokens_ = 0;
   int64_t skipped_ = 0, consecutive_skips_ = 0;
+  int64_t nan_skipped_ = 0;  // skips of the NaN policy (not the fp16 scaler's), for max_skipped_fraction
   double wall_before_ = 0;  // wall seconds of earlier segments of this run (resume)
   Clock::time_point t_start_;
   double last_eval_ = std::numeric_limits<double>::quiet_NaN();
@@ -202,7 +207,7 @@ class Trainer {
   int64_t last_ckpt_step_ = -1;
   std::string last_ckpt_;
   std::vector<std::vector<int64_t>> expert_counts_;  // per layer, this step
-  int64_t nan_step_ = -1, kill_step_ = -1, signal_step_ = -1;
+  int64_t nan_step_ = -1, kill_step_ = -1, signal_step_ = -1, poison_step_ = -1;
 };
 
 Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
@@ -235,6 +240,7 @@ Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
   nan_step_ = env_step("MOEKIT_DEBUG_NAN_STEP");
   kill_step_ = env_step("MOEKIT_DEBUG_KILL_STEP");
   signal_step_ = env_step("MOEKIT_DEBUG_SIGNAL_STEP");
+  poison_step_ = env_step("MOEKIT_DEBUG_POISON_STEP");
 }
 
 void Trainer::prepare_run_dir() {
@@ -243,6 +249,11 @@ void Trainer::prepare_run_dir() {
   const bool has_run = fs::exists(fs::path(cfg_.run_dir) / "metrics.jsonl");
   MOEKIT_CHECK(!has_run || cfg_.resume != "none", "run_dir '", cfg_.run_dir,
                "' already holds a run (metrics.jsonl); continue it with --set resume=auto or choose another run_dir");
+}
+
+// After resume() succeeded: a failed resume must leave the run directory as it was.
+void Trainer::write_resolved_config() {
+  if (!rank0()) return;
   // The resolved config, with the optimizer section expanded to every key.
   config::RunConfig resolved = cfg_;
   resolved.optim_yaml = optim::optim_config_to_yaml(ocfg_);
@@ -306,6 +317,7 @@ json Trainer::meta_json() const {
   m["loss_scale"] = scaler_->scale();
   m["loss_scale_good_steps"] = scaler_->good_steps();
   m["skipped_steps"] = skipped_;
+  m["nan_skipped_steps"] = nan_skipped_;
   m["consecutive_skips"] = consecutive_skips_;
   m["wall_seconds"] = wall_before_ + seconds_since(t_start_);
   m["seed"] = cfg_.seed;
@@ -374,7 +386,7 @@ void Trainer::resume() {
   if (cfg_.resume == "none") return;
   // resolve_resume verifies every byte of the candidates: rank 0 does it, the others follow.
   std::string dir;
-  if (rank0()) dir = checkpoint::resolve_resume(ckpt_dir_, cfg_.resume);
+  if (rank0()) dir = checkpoint::resolve_resume(ckpt_dir_, cfg_.resume, resume_check(mc_));
   int64_t len = static_cast<int64_t>(dir.size());
   ctx_.world->broadcast(&len, 1, 0);
   dir.resize(static_cast<size_t>(len));
@@ -407,6 +419,7 @@ void Trainer::resume() {
     step_ = m.at("step").get<int64_t>();
     tokens_ = m.at("tokens").get<int64_t>();
     skipped_ = m.at("skipped_steps").get<int64_t>();
+    nan_skipped_ = m.value("nan_skipped_steps", int64_t{0});
     consecutive_skips_ = m.at("consecutive_skips").get<int64_t>();
     wall_before_ = m.at("wall_seconds").get<double>();
   } catch (const json::exception& e) {
@@ -501,6 +514,7 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
     MOEKIT_CHECK(ocfg_.nan_policy == optim::NanPolicy::kSkip, "step ", step_ + 1, ": non-finite loss (", r.loss,
                  ") or gradient norm (", r.grad_norm, "); optim.nan_policy is 'stop'");
     r.skipped = true;
+    ++nan_skipped_;
   }
   if (r.skipped) {
     ++skipped_;
@@ -525,6 +539,11 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   if (device_) device_->optimizer_step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
   else opt_->step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
   if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
+  if (step_ + 1 == poison_step_) opt_->exp_avg(0)[0] = std::numeric_limits<float>::quiet_NaN();
+  if (!device_) {  // a NaN that reached the state cannot be skipped away: stop, naming the tensor
+    optim::check_finite_state(*opt_, "step " + std::to_string(step_ + 1));
+    optim::check_finite_weights(all_refs_, "step " + std::to_string(step_ + 1));
+  }
   return r;
 }
 
@@ -657,6 +676,7 @@ TrainSummary Trainer::run() {
   prepare_run_dir();  // after the data checks: a bad dataset leaves no run directory behind
   init_weights();
   resume();
+  write_resolved_config();
 
   const std::string run = cfg_.run_dir;
   const bool append = step_ > 0;
@@ -746,6 +766,7 @@ TrainSummary Trainer::run() {
          {"last_checkpoint", sum.last_checkpoint}};
   if (rank0()) write_file_atomic(run + "/summary.json", s.dump(2) + "\n");
   if (sum.interrupted) sum.stop_signal = g_signal.exchange(0);
+  else optim::check_skipped_fraction(ocfg_, nan_skipped_, step_);  // after the logs and the checkpoint
   return sum;
 }
 

@@ -136,11 +136,11 @@ else
 fi
 
 # --- NaN policy ----------------------------------------------------------------------------
-MOEKIT_DEBUG_NAN_STEP=3 train --config configs/train/tiny-dense.yaml --set run_dir="$tmp/nan" --set train.steps=6 \
+MOEKIT_DEBUG_NAN_STEP=3 train --config configs/train/tiny-dense.yaml --set run_dir="$tmp/nan" --set train.steps=10 \
   >/dev/null 2>"$tmp/nan.log"
 rc=$?
 if [ $rc -eq 0 ] && grep -q "step 4: skipped" "$tmp/nan.log" &&
-  $py -c "import json; r=[json.loads(l) for l in open('$tmp/nan/metrics.jsonl')]; assert [x['skipped'] for x in r]==[False]*3+[True]+[False]*2" ; then
+  $py -c "import json; r=[json.loads(l) for l in open('$tmp/nan/metrics.jsonl')]; assert [x['skipped'] for x in r]==[False]*3+[True]+[False]*6" ; then
   ok "nan_policy skip: logged, run goes on"
 else bad "nan_policy skip (rc=$rc): $(tail -3 "$tmp/nan.log")"; fi
 MOEKIT_DEBUG_NAN_STEP=3 expect_fail "nan_policy stop" "optim.nan_policy is 'stop'" \

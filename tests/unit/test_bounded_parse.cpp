@@ -17,22 +17,10 @@
 #include "core/check.h"
 #include "core/checked.h"
 #include "core/tensor.h"
+#include "test_util.h"
 
 namespace moekit {
 namespace {
-
-// Runs fn and returns the moekit::Error message ("" and a test failure when nothing is thrown).
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no moekit::Error thrown";
-  return "";
-}
-
-#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "'" << (part) << "' not in: " << (msg)
 
 std::string nested(char open, char close, int n) { return std::string(n, open) + std::string(n, close); }
 
@@ -47,47 +35,36 @@ TEST(BoundedJson, ParsesWhatNlohmannParses) {
 TEST(BoundedJson, DepthIsCappedWithoutRecursion) {
   // 100,000 levels overflowed the stack of config.json readers (nlohmann's copy and dump recurse).
   const std::string deep = "{\"x\":" + nested('[', ']', 100000) + "}";
-  const std::string m = error_of([&] { parse_json(deep, "config.json"); });
-  EXPECT_HAS(m, "config.json");
-  EXPECT_HAS(m, "nests deeper than 32 levels");
-  EXPECT_HAS(m, "at key 'x[0][0]");
+  MOEKIT_EXPECT_ERROR_HAS(parse_json(deep, "config.json"), "config.json", "nests deeper than 32 levels", "at key 'x[0][0]");
   ParseLimits l;
   l.max_depth = 3;
   EXPECT_NO_THROW(parse_json("[[[1]]]", "t", l));
-  EXPECT_HAS(error_of([&] { parse_json("[[[[1]]]]", "t", l); }), "nests deeper than 3 levels");
+  MOEKIT_EXPECT_ERROR_HAS(parse_json("[[[[1]]]]", "t", l), "nests deeper than 3 levels");
 }
 
 TEST(BoundedJson, DuplicateKeysAreRefusedAtAnyDepth) {
-  EXPECT_HAS(error_of([] { parse_json(R"({"a": 1, "a": 2})", "c.json"); }), "duplicate key 'a'");
-  const std::string m = error_of([] { parse_json(R"({"x": {"y": [{"k": 1, "k": 1}]}})", "c.json"); });
-  EXPECT_HAS(m, "c.json: JSON has duplicate key 'k'");
-  EXPECT_HAS(m, "at key 'x.y[0].k'");
+  MOEKIT_EXPECT_ERROR_HAS(parse_json(R"({"a": 1, "a": 2})", "c.json"), "duplicate key 'a'");
+  MOEKIT_EXPECT_ERROR_HAS(parse_json(R"({"x": {"y": [{"k": 1, "k": 1}]}})", "c.json"), "c.json: JSON has duplicate key 'k'", "at key 'x.y[0].k'");
   // The same key in sibling objects is fine.
   EXPECT_NO_THROW(parse_json(R"([{"k": 1}, {"k": 2}])", "c.json"));
 }
 
 TEST(BoundedJson, NumbersOutOfRangeNameTheKey) {
-  const std::string m = error_of([] { parse_json(R"({"rope": {"theta": 1e400}})", "c.json"); });
-  EXPECT_HAS(m, "c.json");
-  EXPECT_HAS(m, "1e400");
-  EXPECT_HAS(m, "at key 'rope.theta'");
+  MOEKIT_EXPECT_ERROR_HAS(parse_json(R"({"rope": {"theta": 1e400}})", "c.json"), "c.json", "1e400", "at key 'rope.theta'");
   const nlohmann::json j = parse_json(R"({"a": 18446744073709551615, "b": -5, "c": 2.5, "d": 4294967296})", "c.json");
-  EXPECT_HAS(error_of([&] { json_int(j["a"], "c.json", "a", 0, std::numeric_limits<int64_t>::max()); }),
-             "c.json: a = 18446744073709551615 is out of range");
-  EXPECT_HAS(error_of([&] { json_int(j["b"], "c.json", "b", 0, 10); }), "b = -5 is out of range [0, 10]");
-  EXPECT_HAS(error_of([&] { json_int(j["c"], "c.json", "c", 0, 10); }), "c must be an integer, got 2.5");
+  MOEKIT_EXPECT_ERROR_HAS(json_int(j["a"], "c.json", "a", 0, std::numeric_limits<int64_t>::max()), "c.json: a = 18446744073709551615 is out of range");
+  MOEKIT_EXPECT_ERROR_HAS(json_int(j["b"], "c.json", "b", 0, 10), "b = -5 is out of range [0, 10]");
+  MOEKIT_EXPECT_ERROR_HAS(json_int(j["c"], "c.json", "c", 0, 10), "c must be an integer, got 2.5");
   EXPECT_EQ(json_int(j["d"], "c.json", "d", 0, int64_t{1} << 40), int64_t{4294967296});
-  EXPECT_HAS(error_of([&] { json_number(j["d"], "c.json", "d", 0, 1e6); }), "d = 4294967296 is out of range");
+  MOEKIT_EXPECT_ERROR_HAS(json_number(j["d"], "c.json", "d", 0, 1e6), "d = 4294967296 is out of range");
 }
 
 TEST(BoundedJson, SizeNulAndSyntaxErrors) {
   ParseLimits l;
   l.max_bytes = 10;
-  EXPECT_HAS(error_of([&] { parse_json("[1,2,3,4,5,6]", "s.json", l); }), "13 bytes, more than the 10-byte limit");
-  EXPECT_HAS(error_of([] { parse_json(std::string("{}\0{}", 5), "s.json"); }), "NUL byte at offset 2");
-  const std::string m = error_of([] { parse_json(R"({"a": [1, 2,]})", "s.json"); });
-  EXPECT_HAS(m, "s.json: JSON is not valid JSON");
-  EXPECT_HAS(m, "at key 'a[2]'");
+  MOEKIT_EXPECT_ERROR_HAS(parse_json("[1,2,3,4,5,6]", "s.json", l), "13 bytes, more than the 10-byte limit");
+  MOEKIT_EXPECT_ERROR_HAS(parse_json(std::string("{}\0{}", 5), "s.json"), "NUL byte at offset 2");
+  MOEKIT_EXPECT_ERROR_HAS(parse_json(R"({"a": [1, 2,]})", "s.json"), "s.json: JSON is not valid JSON", "at key 'a[2]'");
   EXPECT_FALSE(try_parse_json("{\"a\": 1, \"a\": 2}").has_value());
   EXPECT_FALSE(try_parse_json("{\"step\": 3").has_value());  // a line torn by a crash
   EXPECT_EQ(try_parse_json("{\"step\": 3}")->at("step"), 3);
@@ -101,10 +78,9 @@ TEST(BoundedJson, FileSizeIsCheckedBeforeReading) {
   ParseLimits l;
   l.max_bytes = 4096;
   l.what = "index";
-  EXPECT_HAS(error_of([&] { load_json_file(path, l); }), "index is 5002 bytes, more than the 4096-byte limit");
-  EXPECT_HAS(error_of([&] { read_file_bounded(path + ".missing", 10, "meta"); }), "cannot open meta");
-  EXPECT_HAS(error_of([&] { read_file_bounded(std::filesystem::temp_directory_path().string(), 10, "meta"); }),
-             "not a regular file");
+  MOEKIT_EXPECT_ERROR_HAS(load_json_file(path, l), "index is 5002 bytes, more than the 4096-byte limit");
+  MOEKIT_EXPECT_ERROR_HAS(read_file_bounded(path + ".missing", 10, "meta"), "cannot open meta");
+  MOEKIT_EXPECT_ERROR_HAS(read_file_bounded(std::filesystem::temp_directory_path().string(), 10, "meta"), "not a regular file");
   std::filesystem::remove(path);
 }
 
@@ -116,34 +92,29 @@ TEST(BoundedYaml, ParsesWhatYamlCppParses) {
 }
 
 TEST(BoundedYaml, DuplicateKeysDepthAliasesAndDocuments) {
-  std::string m = error_of([] { parse_yaml("seed: 1\ntrain:\n  steps: 3\n  steps: 4\n", "run.yaml"); });
-  EXPECT_HAS(m, "run.yaml: line 4");
-  EXPECT_HAS(m, "duplicate key 'steps'");
-  EXPECT_HAS(m, "at key 'train.steps'");
-  EXPECT_HAS(error_of([] { parse_yaml("a: 1\nb: 2\na: 3\n", "run.yaml"); }), "duplicate key 'a'");
-  EXPECT_HAS(error_of([] { parse_yaml("x: " + nested('[', ']', 100000) + "\n", "m.yaml"); }),
-             "nests deeper than 32 levels");
-  EXPECT_HAS(error_of([] { parse_yaml("a: &x [1, 2]\nb: *x\n", "m.yaml"); }), "aliases (*name) are not supported");
-  EXPECT_HAS(error_of([] { parse_yaml("a: 1\n---\nb: 2\n", "m.yaml"); }), "holds 2 YAML documents");
-  EXPECT_HAS(error_of([] { parse_yaml("? [a, b]\n: 1\n", "m.yaml"); }), "keys must be plain scalars");
-  EXPECT_HAS(error_of([] { parse_yaml("a: [1, 2\n", "m.yaml"); }), "m.yaml: invalid YAML");
+  MOEKIT_EXPECT_ERROR_HAS(parse_yaml("seed: 1\ntrain:\n  steps: 3\n  steps: 4\n", "run.yaml"), "run.yaml: line 4", "duplicate key 'steps'", "at key 'train.steps'");
+  MOEKIT_EXPECT_ERROR_HAS(parse_yaml("a: 1\nb: 2\na: 3\n", "run.yaml"), "duplicate key 'a'");
+  MOEKIT_EXPECT_ERROR_HAS(parse_yaml("x: " + nested('[', ']', 100000) + "\n", "m.yaml"), "nests deeper than 32 levels");
+  MOEKIT_EXPECT_ERROR_HAS(parse_yaml("a: &x [1, 2]\nb: *x\n", "m.yaml"), "aliases (*name) are not supported");
+  MOEKIT_EXPECT_ERROR_HAS(parse_yaml("a: 1\n---\nb: 2\n", "m.yaml"), "holds 2 YAML documents");
+  MOEKIT_EXPECT_ERROR_HAS(parse_yaml("? [a, b]\n: 1\n", "m.yaml"), "keys must be plain scalars");
+  MOEKIT_EXPECT_ERROR_HAS(parse_yaml("a: [1, 2\n", "m.yaml"), "m.yaml: invalid YAML");
   // Equal keys in sibling mappings are fine; so are anchors that are never aliased.
   EXPECT_NO_THROW(parse_yaml("- {k: 1}\n- {k: 2}\n- &a {k: 3}\n", "m.yaml"));
 }
 
 TEST(CheckedArithmetic, OverflowAndNegativeSizesAreErrors) {
   EXPECT_EQ(checked_product({1 << 20, 1 << 20, 1 << 20}, "x"), int64_t{1} << 60);
-  EXPECT_HAS(error_of([] { checked_product({int64_t{1} << 40, int64_t{1} << 40}, "embedding"); }),
-             "embedding: size 1099511627776 x 1099511627776 overflows");
-  EXPECT_HAS(error_of([] { checked_add(std::numeric_limits<int64_t>::max(), 1, "sum"); }), "overflows");
-  EXPECT_HAS(error_of([] { checked_mul(-1, 2, "rows"); }), "negative");
+  MOEKIT_EXPECT_ERROR_HAS(checked_product({int64_t{1} << 40, int64_t{1} << 40}, "embedding"), "embedding: size 1099511627776 x 1099511627776 overflows");
+  MOEKIT_EXPECT_ERROR_HAS(checked_add(std::numeric_limits<int64_t>::max(), 1, "sum"), "overflows");
+  MOEKIT_EXPECT_ERROR_HAS(checked_mul(-1, 2, "rows"), "negative");
   const CheckedSize a = int64_t{1} << 31;
   EXPECT_EQ((a * a + 5).value(), (int64_t{1} << 62) + 5);
-  EXPECT_HAS(error_of([&] { (void)(a * a * 4); }), "overflows");
+  MOEKIT_EXPECT_ERROR_HAS((void)(a * a * 4), "overflows");
   EXPECT_EQ(shape_numel({3, 4, 5}), 60);
   EXPECT_EQ(shape_numel({}), 1);
-  EXPECT_HAS(error_of([] { shape_numel({int64_t{1} << 40, int64_t{1} << 40}); }), "more elements than");
-  EXPECT_HAS(error_of([] { shape_numel({2, -3}); }), "negative dimension");
+  MOEKIT_EXPECT_ERROR_HAS(shape_numel({int64_t{1} << 40, int64_t{1} << 40}), "more elements than");
+  MOEKIT_EXPECT_ERROR_HAS(shape_numel({2, -3}), "negative dimension");
 }
 
 }  // namespace
