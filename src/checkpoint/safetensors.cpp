@@ -53,37 +53,6 @@ bool dtype_bits(const std::string& name, uint32_t* bits) {
 
 std::string errno_str() { return std::strerror(errno); }
 
-// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as Rust's from_utf8.
-bool valid_utf8(const std::string& s, size_t* bad_at) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t n = s.size(), i = 0;
-  while (i < n) {
-    unsigned c = p[i];
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c < 0x80) { ++i; continue; }
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;  // overlong
-      if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;  // overlong
-      if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
-    } else {
-      *bad_at = i;
-      return false;
-    }
-    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) { *bad_at = i; return false; }
-    for (size_t k = 2; k < len; ++k)
-      if ((p[i + k] & 0xC0) != 0x80) { *bad_at = i; return false; }
-    i += len;
-  }
-  return true;
-}
-
 // Parse JSON text with moekit's bounded parser (depth, duplicate keys, NUL bytes, size: see
 // core/bounded_parse.h) after the reference reader's strict UTF-8 check. The tags (reference
 // rule names) are appended to the messages.

@@ -205,7 +205,61 @@ class YamlChecker : public YAML::EventHandler {
   std::vector<Frame> frames_;
 };
 
+// Decodes one UTF-8 sequence at s[i] (strict, as valid_utf8); returns its length, 0 if invalid.
+size_t decode_utf8(const std::string& s, size_t i, uint32_t* cp) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  const unsigned c = p[i];
+  if (c < 0x80) {
+    *cp = c;
+    return 1;
+  }
+  size_t len;
+  unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;  // overlong
+    if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;  // overlong
+    if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
+  } else {
+    return 0;
+  }
+  if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return 0;
+  uint32_t v = c & (0xFFu >> (len + 1));
+  for (size_t k = 1; k < len; ++k) {
+    if ((p[i + k] & 0xC0) != 0x80) return 0;
+    v = (v << 6) | (p[i + k] & 0x3F);
+  }
+  *cp = v;
+  return len;
+}
+
+// The YAML spec's c-printable set: tab, line feed, carriage return, and the printable code
+// points (no C0/C1 controls but NEL, no surrogates, no U+FFFE/U+FFFF).
+bool yaml_printable(uint32_t c) {
+  return c == 0x09 || c == 0x0A || c == 0x0D || (c >= 0x20 && c <= 0x7E) || c == 0x85 || (c >= 0xA0 && c <= 0xD7FF) ||
+         (c >= 0xE000 && c <= 0xFFFD) || (c >= 0x10000 && c <= 0x10FFFF);
+}
+
 }  // namespace
+
+bool valid_utf8(const std::string& s, size_t* bad_at) {
+  uint32_t cp = 0;
+  for (size_t i = 0; i < s.size();) {
+    const size_t len = decode_utf8(s, i, &cp);
+    if (len == 0) {
+      *bad_at = i;
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
 
 std::string clip_for_message(const std::string& s, size_t max_chars) {
   if (s.size() <= max_chars) return s;
@@ -270,14 +324,27 @@ std::optional<nlohmann::json> try_parse_json(const std::string& text, const Pars
 YAML::Node parse_yaml(const std::string& text, const std::string& where, const ParseLimits& limits) {
   MOEKIT_CHECK(text.size() <= limits.max_bytes, where, ": YAML text is ", text.size(), " bytes, more than the ",
                limits.max_bytes, "-byte limit", limits.tag);
+  // The YAML spec's character set, checked before yaml-cpp sees the text (it decodes invalid
+  // bytes its own way).
+  uint32_t cp = 0;
+  for (size_t i = 0; i < text.size();) {
+    const size_t len = decode_utf8(text, i, &cp);
+    MOEKIT_CHECK(len > 0, where, ": not UTF-8 text (bad byte 0x", std::hex, static_cast<int>(static_cast<unsigned char>(text[i])),
+                 std::dec, " at offset ", i, ")", limits.tag);
+    MOEKIT_CHECK(yaml_printable(cp), where, ": character U+", std::hex, cp, std::dec, " at offset ", i,
+                 " is not allowed in YAML (control characters other than tab and line breaks)", limits.tag);
+    i += len;
+  }
   try {
     // Pass 1: the checks, on yaml-cpp's events (no tree is built).
     std::istringstream in(text);
     YAML::Parser parser(in);
     YamlChecker checker(where, limits);
-    int docs = 0;
-    while (parser.HandleNextDocument(checker)) ++docs;
-    MOEKIT_CHECK(docs <= 1, where, ": holds ", docs, " YAML documents ('---'); expected one", limits.tag);
+    // At most two calls: on some input ("," alone) yaml-cpp keeps returning empty documents
+    // without consuming anything, so "until there are no more" would never end.
+    const bool first = parser.HandleNextDocument(checker);
+    MOEKIT_CHECK(!first || !parser.HandleNextDocument(checker), where,
+                 ": holds more than one YAML document ('---' or stray flow punctuation); expected one", limits.tag);
     // Pass 2: the tree, of a document now known to be small, shallow and alias-free.
     return YAML::Load(text);
   } catch (const YAML::Exception& e) {

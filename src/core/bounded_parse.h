@@ -6,8 +6,10 @@
 //     (nlohmann's recursive copy/dump and yaml-cpp's recursive builder would overflow the stack);
 //   - duplicate keys are refused in every object / mapping (nlohmann keeps the last, yaml-cpp's
 //     lookup the first: either way one of the two values is silently dropped);
-//   - JSON numbers that do not fit a double (1e400) and NUL bytes are refused; YAML aliases
-//     (exponential expansion) and documents after the first are refused.
+//   - JSON numbers that do not fit a double (1e400) and NUL bytes are refused; YAML must be
+//     UTF-8 of printable characters (the YAML spec's c-printable), without aliases (exponential
+//     expansion) or a second document (yaml-cpp 0.7 returns empty documents forever after a
+//     stray ",": the reader asks for two at most).
 // Errors are moekit::Error naming `where` (the file, or "--set key=value") and the key path.
 // JSON goes through nlohmann's SAX interface (a DOM built here with the checks above); YAML
 // through yaml-cpp's event parser (checks) and then yaml-cpp's own loader (tree).
@@ -53,6 +55,10 @@ int64_t json_int(const nlohmann::json& v, const std::string& where, const std::s
                  int64_t max);
 double json_number(const nlohmann::json& v, const std::string& where, const std::string& key, double min,
                    double max);
+
+// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as Rust's from_utf8;
+// on failure *bad_at is the offset of the first bad sequence.
+bool valid_utf8(const std::string& s, size_t* bad_at);
 
 // At most max_chars of s (with "..." and the full length when cut): keeps error messages that
 // quote a value from the input short whatever the input holds.

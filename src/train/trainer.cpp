@@ -340,7 +340,10 @@ bool Trainer::owns_in_checkpoint(const model::ParamSpec& s) const {
 
 void Trainer::save_checkpoint() {
   const auto t0 = Clock::now();
-  if (device_) device_->to_host(opt_.get());  // the files are written from the host optimizer
+  if (device_) {  // the files are written from the host optimizer; the GPU state is checked here
+    device_->to_host(opt_.get());
+    optim::check_finite_state(*opt_, "checkpoint of step " + std::to_string(step_));
+  }
   {
     // Rank 0 creates step_N.tmp/ (removing a stale one), then the others open their files in it.
     std::unique_ptr<checkpoint::TrainCheckpointWriter> w;

@@ -94,6 +94,10 @@ expect_clean "duplicate key in run YAML optim section" "$tmp/dup_optim.yaml" "du
 { cat configs/upcycle/tiny.yaml; printf 'seed: 7\n'; } >"$tmp/dup_recipe.yaml"
 expect_clean "duplicate key in recipe" "$tmp/dup_recipe.yaml" "seed" -- "$moekit" upcycle --config "$tmp/dup_recipe.yaml" \
   --dense "$tmp/none" --out "$tmp/up"
+# Found by fuzzing: yaml-cpp hands back empty documents for a lone "," forever (a hang).
+printf ',' >"$tmp/comma.yaml"
+expect_clean "a run YAML of one comma" "$tmp/comma.yaml" "more than one YAML document" \
+  -- "$moekit" train --config "$tmp/comma.yaml"
 printf 'a: &x [1, 2]\nb: *x\n' >"$tmp/alias.yaml"
 expect_clean "YAML alias" "$tmp/alias.yaml" "aliases (*name)" -- "$moekit" cost --model "$tmp/alias.yaml"
 expect_clean "deep --set value" "--set" -- "$moekit" train --config configs/train/tiny-dense.yaml \

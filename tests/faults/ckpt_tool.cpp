@@ -6,6 +6,9 @@
 //   ckpt_tool reseal STEP_DIR              only re-make manifest.json
 //   ckpt_tool crcs STEP_DIR                print "/GROUP/NAME crc32c" of every dataset, sorted:
 //                                          two checkpoints hold the same state iff these agree
+//   ckpt_tool sample CKPT_DIR              write a tiny checkpoint (step 4: a matrix, a vector and
+//                                          a scalar in each group) with the real writer: the
+//                                          training-checkpoint fuzzer's seed
 #include <hdf5.h>
 
 #include <cstdio>
@@ -74,12 +77,26 @@ int print_crcs(const std::string& dir) {
   return 0;
 }
 
+int write_sample(const std::string& ckpt_dir) {
+  using moekit::checkpoint::TrainCheckpointWriter;
+  const std::vector<float> v = {0.5f, -1.f, 2.f, 0.25f, 3.f, -0.125f};
+  TrainCheckpointWriter w(ckpt_dir, 4);
+  for (const char* g : {"master", "exp_avg", "exp_avg_sq"}) {
+    w.write(g, "model.embed_tokens.weight", {2, 3}, v.data());
+    w.write(g, "model.norm.weight", {3}, v.data());
+    w.write(g, "scale", {}, v.data());
+  }
+  w.close();
+  moekit::checkpoint::commit_checkpoint(ckpt_dir, 4, {{"tokens", 128}, {"loader", {{"epoch", 0}}}}, "seed: 1\n", 0);
+  return 0;
+}
+
 int main(int argc, char** argv) {
-  if (argc < 3) return fail("usage: ckpt_tool poison|drop STEP_DIR GROUP NAME | reseal STEP_DIR | crcs STEP_DIR");
+  if (argc < 3) return fail("usage: ckpt_tool poison|drop STEP_DIR GROUP NAME | reseal|crcs STEP_DIR | sample CKPT_DIR");
   const std::string cmd = argv[1], dir = argv[2];
-  if (cmd == "crcs") {
+  if (cmd == "crcs" || cmd == "sample") {
     try {
-      return print_crcs(dir);
+      return cmd == "crcs" ? print_crcs(dir) : write_sample(dir);
     } catch (const std::exception& e) {
       return fail(e.what());
     }

@@ -19,6 +19,9 @@ make_ref() {
   t0=$(date +%s%N)
   train --set run_dir="$tmp/ref" >/dev/null 2>"$tmp/ref.log" || bad "reference run: $(tail -3 "$tmp/ref.log")"
   ref_ms=$((($(date +%s%N) - t0) / 1000000))
+  # checkpoint.keep: 0 keeps every checkpoint (it was once refused).
+  [ "$(ls -d "$tmp/ref/checkpoints"/step_* | wc -l)" = 3 ] && ok "checkpoint.keep 0 keeps all 3 checkpoints" ||
+    bad "checkpoint.keep 0: $(ls "$tmp/ref/checkpoints")"
   "$ckpt_tool" crcs "$tmp/ref/checkpoints/step_00000006" >"$tmp/ref.crcs" || bad "reference checkpoint"
 }
 
