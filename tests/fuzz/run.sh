@@ -39,8 +39,9 @@ build() {
   local launcher=()
   command -v ccache >/dev/null 2>&1 && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
   if [ ! -f "$out/build.ninja" ]; then
+    mkdir -p "$out"
     cmake -S "$root/tests/fuzz" -B "$out" -G Ninja -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
-      "${launcher[@]}" >"$out.configure.log" 2>&1 || { cat "$out.configure.log"; exit 1; }
+      "${launcher[@]}" >"$out/configure.log" 2>&1 || { cat "$out/configure.log"; exit 1; }
   fi
   cmake --build "$out" -j "$(nproc)" 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] '
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz build failed" >&2; exit 1; }
