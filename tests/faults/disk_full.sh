@@ -8,10 +8,7 @@
 # middle of a large file is wanted.
 #   disk_full.sh MOEKIT_BINARY SOURCE_DIR CKPT_TOOL
 set -uo pipefail
-moekit="$1"
-src="$2"
-ckpt_tool="$3"
-tmp="$(mktemp -d)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.bash" "$@"
 fs="$tmp/fs"
 mkdir -p "$fs"
 cleanup() {
@@ -19,8 +16,6 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-cd "$src"
-source "$src/tests/faults/lib.bash"
 
 if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=16m tmpfs "$fs" 2>/dev/null; then
   mode=tmpfs

@@ -4,13 +4,7 @@
 # for bit (losses, gradient norms, final weights).
 #   kill.sh MOEKIT_BINARY SOURCE_DIR CKPT_TOOL
 set -uo pipefail
-moekit="$1"
-src="$2"
-ckpt_tool="$3"
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-cd "$src"
-source "$src/tests/faults/lib.bash"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.bash" "$@"
 
 make_ref
 
@@ -30,26 +24,40 @@ for case in ckpt.rank_file:2 ckpt.meta:2 ckpt.install:2 ckpt.latest:2 ckpt.prune
   same_as_ref "killed at $point" "$run"
 done
 
-# SIGKILL at two random moments (a fixed seed; 10-70 % of how long the reference took on this
-# machine), each time resumed, then left to finish.
+# SIGKILL at random moments (a fixed seed): once the run has logged 1-3 more steps, after 0-49 ms
+# more (mid-step or mid-checkpoint), each time resumed, until two kills have landed; then the run
+# is left to finish. A run that finished before its kill is started afresh.
 RANDOM=14
 run="$tmp/random"
 kills=0
-for attempt in 1 2 3; do
+steps_logged() { [ -f "$run/metrics.jsonl" ] && wc -l <"$run/metrics.jsonl" || echo 0; }
+for attempt in $(seq 1 10); do
   args=(--set run_dir="$run")
-  [ $attempt -gt 1 ] && args+=(--set resume=auto)
+  [ -d "$run" ] && args+=(--set resume=auto)
+  target=$(($(steps_logged) + 1 + RANDOM % 3))
   # exec: $! must be moekit itself, not a subshell around it
   (exec "$moekit" train "${small[@]}" "${args[@]}" >/dev/null 2>"$tmp/random.log") &
   pid=$!
-  if [ $attempt -lt 3 ]; then
-    sleep "$(python3 -c "import sys; print($ref_ms * (10 + int(sys.argv[1])) / 100000)" $((RANDOM % 60)))"
-    kill -9 $pid 2>/dev/null && kills=$((kills + 1))
+  if [ $kills -lt 2 ]; then
+    while kill -0 $pid 2>/dev/null && [ "$(steps_logged)" -lt $target ]; do sleep 0.005; done
+    sleep "0.0$((RANDOM % 50))"
+    kill -9 $pid 2>/dev/null
   fi
   wait $pid 2>/dev/null
   rc=$?
-  [ $rc -eq 0 ] || [ $rc -eq 137 ] || bad "random kill $attempt: rc=$rc: $(tail -2 "$tmp/random.log")"
+  if [ $rc -eq 137 ]; then
+    kills=$((kills + 1))
+  elif [ $rc -ne 0 ]; then
+    bad "random kill $attempt: rc=$rc: $(tail -2 "$tmp/random.log")"
+    break
+  elif [ $kills -ge 2 ]; then
+    break
+  else
+    rm -rf "$run"  # finished before the kill landed: again, from scratch
+    kills=0
+  fi
 done
-if [ -f "$run/summary.json" ] && [ $kills -ge 1 ]; then ok "random kills: finished after $kills SIGKILL(s)"
+if [ -f "$run/summary.json" ] && [ $kills -ge 2 ]; then ok "random kills: finished after $kills SIGKILLs"
 else bad "random kills: $kills kill(s), summary.json $([ -f "$run/summary.json" ] && echo present || echo missing)"; fi
 same_as_ref "random kills" "$run"
 

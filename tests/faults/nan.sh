@@ -11,13 +11,7 @@
 #    KL 0 and top-1 agreement 1.
 #   nan.sh MOEKIT_BINARY SOURCE_DIR CKPT_TOOL
 set -uo pipefail
-moekit="$1"
-src="$2"
-ckpt_tool="$3"
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-cd "$src"
-source "$src/tests/faults/lib.bash"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.bash" "$@"
 st="python3 $src/tests/e2e/st_edit.py"
 
 # expect_exit1 NAME LOG RC SUBSTRING...: exit code 1 and every SUBSTRING in LOG.

@@ -62,4 +62,22 @@ inline std::vector<std::string> split(const std::string& input, const std::strin
     }                                                                                    \
   } while (0)
 
+// Reads every document of an accepted dataset (at most 2^16 tokens in all, from each document's
+// start or its end): lengths must be non-negative and add up to the dataset's token count.
+template <typename Dataset>
+void read_all_documents(const Dataset& ds, bool from_end) {
+  int64_t total = 0, budget = int64_t{1} << 16;
+  std::vector<int64_t> buf;
+  for (int64_t d = 0; d < ds.num_documents(); ++d) {
+    const int64_t n = ds.document_length(d);
+    MOEKIT_FUZZ_EXPECT(n >= 0);
+    total += n;
+    const int64_t take = n < budget ? n : budget;
+    budget -= take;
+    buf.resize(static_cast<size_t>(take));
+    if (take > 0) ds.read(d, from_end ? n - take : 0, take, buf.data());
+  }
+  MOEKIT_FUZZ_EXPECT(total == ds.num_tokens());
+}
+
 }  // namespace moekit::fuzz

@@ -175,6 +175,15 @@ ChildResult run_in_child(const std::function<void()>& fn) {
   return r;
 }
 
+// An int32 attribute `attr` on the object at `path` of file f (what another tool might add).
+void add_int_attr(hid_t f, const char* path, const char* attr) {
+  hid_t obj = H5Oopen(f, path, H5P_DEFAULT);
+  hid_t sp = H5Screate(H5S_SCALAR);
+  H5Aclose(H5Acreate2(obj, attr, H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT));
+  H5Sclose(sp);
+  H5Oclose(obj);
+}
+
 // Offset of the first occurrence of `needle` in the file (npos when absent).
 size_t find_bytes(const std::string& file, const std::string& needle) { return read_text(file).find(needle); }
 
@@ -601,23 +610,9 @@ TEST_F(TrainCheckpoint, LinksAndForeignObjectsAreRefused) {
       {"external link",
        [](hid_t f) { H5Lcreate_external("/etc/other.h5", "/x", f, "/master/ext", H5P_DEFAULT, H5P_DEFAULT); },
        {"ext", "external link"}},
-      {"extra group attribute",
-       [](hid_t f) {
-         hid_t g = H5Gopen2(f, "master", H5P_DEFAULT);
-         hid_t sp = H5Screate(H5S_SCALAR);
-         H5Aclose(H5Acreate2(g, "note", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT));
-         H5Sclose(sp);
-         H5Gclose(g);
-       },
+      {"extra group attribute", [](hid_t f) { add_int_attr(f, "master", "note"); },
        {"group /master", "unexpected attribute 'note'"}},
-      {"extra dataset attribute",
-       [](hid_t f) {
-         hid_t d = H5Dopen2(f, "/master/lm_scale", H5P_DEFAULT);
-         hid_t sp = H5Screate(H5S_SCALAR);
-         H5Aclose(H5Acreate2(d, "units", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT));
-         H5Sclose(sp);
-         H5Dclose(d);
-       },
+      {"extra dataset attribute", [](hid_t f) { add_int_attr(f, "/master/lm_scale", "units"); },
        {"/master/lm_scale", "unexpected attribute 'units'"}},
       {"named datatype",
        [](hid_t f) {
@@ -656,13 +651,7 @@ TEST_F(TrainCheckpoint, LinksAndForeignObjectsAreRefused) {
          H5Sclose(sp);
        },
        {"/master/outside", "external files"}},
-      {"extra root attribute",
-       [](hid_t f) {
-         hid_t sp = H5Screate(H5S_SCALAR);
-         H5Aclose(H5Acreate2(f, "world", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT));
-         H5Sclose(sp);
-       },
-       {"unexpected attribute 'world'"}},
+      {"extra root attribute", [](hid_t f) { add_int_attr(f, "/", "world"); }, {"unexpected attribute 'world'"}},
   };
   int64_t step = 1;
   for (const Case& c : cases) {
