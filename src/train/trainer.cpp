@@ -83,7 +83,11 @@ void write_file_atomic(const std::string& path, const std::string& text) {
     MOEKIT_CHECK(f.good(), "cannot write '", tmp, "'");
     f << text;
     f.flush();
-    MOEKIT_CHECK(f.good(), "write to '", tmp, "' failed (disk full?)");
+    if (!f.good()) {  // no half-written temp file left behind
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      MOEKIT_FAIL("write to '", tmp, "' failed (disk full?)");
+    }
   }
   fs::rename(tmp, path);
 }

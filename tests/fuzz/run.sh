@@ -5,15 +5,17 @@
 #   tests/fuzz/run.sh campaign FUZZ_BUILD_DIR RUNS [JOBS]  each target RUNS executions, niced, JOBS
 #                                                          targets at a time; corpus, logs and any crash
 #                                                          under FUZZ_BUILD_DIR/campaign, a table at the end
-# Any crash, sanitizer report, leak, timeout (10 s), allocation over 256 MB or broken invariant is
-# a failure; libFuzzer writes the input that caused it next to the logs.
+# Any crash, sanitizer report, leak, timeout, allocation over 256 MB or broken invariant is a
+# failure; libFuzzer writes the input that caused it next to the logs. The timeout is 30 s per
+# input: every input of these readers takes milliseconds, and a busy shared machine once stalled a
+# fuzzer for 11 s (a timeout input then ran in 0.2 s), so a shorter limit would report load.
 set -uo pipefail
 mode="${1:?usage: run.sh build|ci|campaign FUZZ_BUILD_DIR ...}"
 out="${2:?fuzz build directory}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 targets=(safetensors_header index_json config indexed_dataset llmc_shard train_checkpoint)
 # The same limits everywhere: a reader must never hang or allocate from an untrusted size.
-limits=(-timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256 -max_len=65536 -error_exitcode=99 -timeout_exitcode=98)
+limits=(-timeout=30 -rss_limit_mb=1024 -malloc_limit_mb=256 -max_len=65536 -error_exitcode=99 -timeout_exitcode=98)
 
 find_clang() {
   for v in 14 15 16 17 18 19 ""; do
