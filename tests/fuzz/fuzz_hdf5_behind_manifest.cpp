@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
-#include <vector>
 
 #include "checkpoint/manifest.h"
 #include "checkpoint/train_checkpoint.h"
@@ -28,12 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     moekit::checkpoint::reseal_step_dir(dir);
     const moekit::checkpoint::TrainCheckpointReader r(dir);
     r.verify_all(/*require_finite=*/true);
-    std::vector<float> buf;
-    for (const std::string& g : r.groups())
-      for (const std::string& n : r.names(g)) {
-        buf.resize(static_cast<size_t>(moekit::shape_numel(r.shape(g, n))));
-        r.read(g, n, buf.data());
-      }
+    moekit::fuzz::read_all_tensors(r);
   } catch (const moekit::Error&) {
   }
   return 0;

@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
-#include <vector>
 
 #include "checkpoint/train_checkpoint.h"
 #include "core/check.h"
@@ -25,12 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const moekit::checkpoint::TrainCheckpointReader r(dir);
     r.verify_all(/*require_finite=*/true);
     MOEKIT_FUZZ_EXPECT(r.step() == 4);
-    std::vector<float> buf;
-    for (const std::string& g : r.groups())
-      for (const std::string& n : r.names(g)) {
-        buf.resize(static_cast<size_t>(moekit::shape_numel(r.shape(g, n))));
-        r.read(g, n, buf.data());
-      }
+    moekit::fuzz::read_all_tensors(r);
   } catch (const moekit::Error&) {
   }
   return 0;

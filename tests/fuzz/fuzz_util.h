@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
+
 namespace moekit::fuzz {
 
 inline const std::string& scratch_dir() {
@@ -78,6 +80,18 @@ void read_all_documents(const Dataset& ds, bool from_end) {
     if (take > 0) ds.read(d, from_end ? n - take : 0, take, buf.data());
   }
   MOEKIT_FUZZ_EXPECT(total == ds.num_tokens());
+}
+
+// Reads every tensor of every group of an opened checkpoint (sizes already bounded by the
+// reader's storage check).
+template <typename Reader>
+void read_all_tensors(const Reader& r) {
+  std::vector<float> buf;
+  for (const std::string& g : r.groups())
+    for (const std::string& n : r.names(g)) {
+      buf.resize(static_cast<size_t>(moekit::shape_numel(r.shape(g, n))));
+      r.read(g, n, buf.data());
+    }
 }
 
 }  // namespace moekit::fuzz

@@ -184,6 +184,25 @@ void add_int_attr(hid_t f, const char* path, const char* attr) {
   H5Oclose(obj);
 }
 
+// A 2-element f32 dataset at `path` with moekit's crc32c attribute, its creation properties set
+// by `layout` (chunked, external storage: what moekit never writes).
+void add_f32_dataset(hid_t f, const char* path, const std::function<void(hid_t)>& layout) {
+  const hsize_t two = 2;
+  const float v[2] = {1, 2};
+  const uint32_t crc = crc32c(v, sizeof v);
+  hid_t sp = H5Screate_simple(1, &two, nullptr), dcpl = H5Pcreate(H5P_DATASET_CREATE), asp = H5Screate(H5S_SCALAR);
+  layout(dcpl);
+  hid_t d = H5Dcreate2(f, path, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+  hid_t a = H5Acreate2(d, "crc32c", H5T_STD_U32LE, asp, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, H5T_NATIVE_UINT32, &crc);
+  H5Aclose(a);
+  H5Dclose(d);
+  H5Sclose(asp);
+  H5Pclose(dcpl);
+  H5Sclose(sp);
+}
+
 // Offset of the first occurrence of `needle` in the file (npos when absent).
 size_t find_bytes(const std::string& file, const std::string& needle) { return read_text(file).find(needle); }
 
@@ -603,7 +622,6 @@ TEST_F(TrainCheckpoint, LinksAndForeignObjectsAreRefused) {
     std::function<void(hid_t)> edit;
     std::vector<std::string> error;
   };
-  hsize_t two = 2;
   const std::vector<Case> cases = {
       {"soft link", [](hid_t f) { H5Lcreate_soft("/master/lm_scale", f, "/master/alias", H5P_DEFAULT, H5P_DEFAULT); },
        {"alias", "soft link"}},
@@ -622,33 +640,16 @@ TEST_F(TrainCheckpoint, LinksAndForeignObjectsAreRefused) {
        },
        {"/master/type", "expected a dataset"}},
       {"chunked dataset",
-       [two](hid_t f) {
-         hid_t sp = H5Screate_simple(1, &two, nullptr);
-         hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-         H5Pset_chunk(dcpl, 1, &two);
-         hid_t d = H5Dcreate2(f, "/master/chunked", H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-         const float v[2] = {1, 2};
-         H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
-         hid_t asp = H5Screate(H5S_SCALAR);
-         const uint32_t crc = crc32c(v, sizeof v);
-         hid_t a = H5Acreate2(d, "crc32c", H5T_STD_U32LE, asp, H5P_DEFAULT, H5P_DEFAULT);
-         H5Awrite(a, H5T_NATIVE_UINT32, &crc);
-         H5Aclose(a);
-         H5Sclose(asp);
-         H5Dclose(d);
-         H5Pclose(dcpl);
-         H5Sclose(sp);
+       [](hid_t f) {
+         add_f32_dataset(f, "/master/chunked", [](hid_t dcpl) {
+           const hsize_t two = 2;
+           H5Pset_chunk(dcpl, 1, &two);
+         });
        },
        {"/master/chunked", "not contiguous"}},
       {"external storage",
-       [two](hid_t f) {
-         hid_t sp = H5Screate_simple(1, &two, nullptr);
-         hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-         H5Pset_external(dcpl, "/etc/passwd", 0, 8);
-         hid_t d = H5Dcreate2(f, "/master/outside", H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-         H5Dclose(d);
-         H5Pclose(dcpl);
-         H5Sclose(sp);
+       [](hid_t f) {
+         add_f32_dataset(f, "/master/outside", [](hid_t dcpl) { H5Pset_external(dcpl, "/etc/passwd", 0, 8); });
        },
        {"/master/outside", "external files"}},
       {"extra root attribute", [](hid_t f) { add_int_attr(f, "/", "world"); }, {"unexpected attribute 'world'"}},
