@@ -236,7 +236,11 @@ void Loader::restore(const LoaderState& s) {
   MOEKIT_CHECK(s.epoch >= 0 && s.window >= 0 && s.window < windows_per_epoch_ && s.step >= 0, "loader state: epoch ",
                s.epoch, " window ", s.window, " step ", s.step, " out of range (", windows_per_epoch_,
                " windows per epoch)");
-  next_window_ = s.epoch * windows_per_epoch_ + s.window;
+  int64_t at = 0;
+  MOEKIT_CHECK(!__builtin_mul_overflow(s.epoch, windows_per_epoch_, &at) &&
+                   !__builtin_add_overflow(at, s.window, &at),
+               "loader state: epoch ", s.epoch, " x ", windows_per_epoch_, " windows per epoch overflows");
+  next_window_ = at;
   step_ = s.step;
 }
 

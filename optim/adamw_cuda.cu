@@ -11,7 +11,8 @@ __global__ void adamw_kernel(float* p, float* m, float* v, const float* g, __nv_
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     if (m) adamw_element(p + i, m + i, v + i, g[i], s);
     if (w) w[i] = __ushort_as_bfloat16(f32_to_bf16(p[i]));
-    mine += isfinite(p[i]) ? 0 : 1;
+    // A non-finite exp_avg makes the master non-finite; exp_avg_sq = inf would not.
+    mine += isfinite(p[i]) && (!m || isfinite(v[i])) ? 0 : 1;
   }
   if (mine) atomicAdd(bad, mine);
 }

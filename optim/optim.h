@@ -55,6 +55,7 @@ struct OptimConfig {
   double loss_scale_min = 1.0;
   NanPolicy nan_policy = NanPolicy::kSkip;  // non-finite loss or gradient: skip step / stop run
   int64_t max_skipped_steps = 100;          // kSkip: stop when more steps than this are skipped in a row
+  double max_skipped_fraction = 0.1;        // kSkip: a run that skipped more of its steps ends with an error
 
   // Errors name the key (`optim.<key>`) and the value. warmup_steps larger than the run is
   // allowed (the learning rate then never reaches `lr`); the run length is not known here.
@@ -171,7 +172,8 @@ class AdamW {
   // Bias correction uses the optimizer's own step counter, incremented here (PyTorch AdamW
   // semantics: p -= lr*wd*p; m,v update; p -= lr * mhat / (sqrt(vhat) + eps)), in f32 with the
   // scalars formed in double as torch.optim.AdamW (foreach=False) does. Returns the number of
-  // updated master weights that are not finite (0 in a healthy run; the trainer stops on any).
+  // elements whose updated master weight or second moment is not finite (0 in a healthy run; the
+  // trainer stops on any, and optim/finite.h names the tensor).
   int64_t step(double lr);
   int64_t steps_taken() const { return t_; }
 

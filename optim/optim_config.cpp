@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <variant>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "optim/optim.h"
 
@@ -66,6 +67,7 @@ const Field kFields[] = {
     {"loss_scale_min", &OptimConfig::loss_scale_min},
     {"nan_policy", &OptimConfig::nan_policy},
     {"max_skipped_steps", &OptimConfig::max_skipped_steps},
+    {"max_skipped_fraction", &OptimConfig::max_skipped_fraction},
 };
 
 // One value from YAML; a value of the wrong type names the key, the value and the file.
@@ -87,7 +89,7 @@ void parse_value(const YAML::Node& v, const std::string& key, const std::string&
     try {
       *out = v.as<T>();
     } catch (const YAML::Exception&) {
-      MOEKIT_FAIL(where, ": 'optim.", key, "' has an invalid value '", YAML::Dump(v), "'");
+      MOEKIT_FAIL(where, ": 'optim.", key, "' has an invalid value '", clip_for_message(YAML::Dump(v)), "'");
     }
   }
 }
@@ -137,6 +139,8 @@ void OptimConfig::validate() const {
                "optim.loss_scale_min must be in (0, optim.loss_scale_init = ", loss_scale_init, "], got ",
                loss_scale_min);
   MOEKIT_CHECK(max_skipped_steps >= 0, "optim.max_skipped_steps must be >= 0, got ", max_skipped_steps);
+  MOEKIT_CHECK(finite(max_skipped_fraction) && max_skipped_fraction >= 0 && max_skipped_fraction <= 1,
+               "optim.max_skipped_fraction must be in [0, 1], got ", max_skipped_fraction);
 }
 
 OptimConfig optim_config_from_yaml(const YAML::Node& node, const std::string& where) {

@@ -7,11 +7,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <functional>
 #include <set>
 #include <sstream>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "core/log.h"
 
@@ -26,7 +26,8 @@ struct Value {
 
   std::string text() const {
     MOEKIT_CHECK(node.IsDefined() && !node.IsNull(), where, ": ", key, " has no value");
-    MOEKIT_CHECK(node.IsScalar(), where, ": ", key, " must be a single value, got '", YAML::Dump(node), "'");
+    MOEKIT_CHECK(node.IsScalar(), where, ": ", key, " must be a single value, got '", clip_for_message(YAML::Dump(node)),
+                 "'");
     return node.Scalar();
   }
   template <typename T>
@@ -35,12 +36,15 @@ struct Value {
     try {
       return node.as<T>();
     } catch (const YAML::Exception&) {
-      MOEKIT_FAIL(where, ": ", key, " must be ", expected, ", got '", s, "'");
+      MOEKIT_FAIL(where, ": ", key, " must be ", expected, ", got '", clip_for_message(s), "'");
     }
   }
+  // Counts and widths: the upper bound keeps products of two of them (shared width = experts x
+  // width) far inside 64 bits; the model config's own bounds then apply to the result.
   int64_t integer(int64_t min) const {
+    constexpr int64_t kMax = int64_t{1} << 30;
     const int64_t v = as<int64_t>("an integer");
-    MOEKIT_CHECK(v >= min, where, ": ", key, " must be >= ", min, ", got ", v);
+    MOEKIT_CHECK(v >= min && v <= kMax, where, ": ", key, " must be in [", min, ", ", kMax, "], got ", v);
     return v;
   }
   double number() const {
@@ -168,7 +172,7 @@ const std::vector<Key>& keys() {
          r->mlp_only_layers.clear();
          if (v.node.IsNull()) return;
          MOEKIT_CHECK(v.node.IsSequence(), v.where, ": mlp_only_layers must be a list of layer indices like [0, 23], got '",
-                      YAML::Dump(v.node), "'");
+                      clip_for_message(YAML::Dump(v.node)), "'");
          for (const YAML::Node& item : v.node) {
            const std::string k = "mlp_only_layers entry";
            r->mlp_only_layers.push_back(Value{item, k, v.where}.integer(0));
@@ -222,18 +226,16 @@ std::string known_keys() {
   return s;
 }
 
+ParseLimits recipe_limits() {
+  ParseLimits l;
+  l.max_bytes = size_t{1} << 20;
+  return l;
+}
+
 void set_key(Recipe* r, const std::string& key, const YAML::Node& node, const std::string& where) {
   const Key* k = find_key(key);
   MOEKIT_CHECK(k != nullptr, where, ": unknown recipe key '", key, "' (known keys: ", known_keys(), ")");
   k->read(r, Value{node, key, where});
-}
-
-YAML::Node parse_yaml(const std::string& text, const std::string& where) {
-  try {
-    return YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    MOEKIT_FAIL(where, ": invalid YAML: ", e.what());
-  }
 }
 
 }  // namespace
@@ -273,7 +275,7 @@ uint64_t parse_byte_size(const std::string& text, const std::string& what) {
 }
 
 Recipe recipe_from_yaml_text(const std::string& text, const std::string& where) {
-  const YAML::Node node = parse_yaml(text, where);
+  const YAML::Node node = parse_yaml(text, where, recipe_limits());
   MOEKIT_CHECK(node.IsDefined() && !node.IsNull(), where, ": recipe is empty");
   MOEKIT_CHECK(node.IsMap(), where, ": recipe must be a mapping of keys to values");
   Recipe r;
@@ -289,11 +291,7 @@ Recipe recipe_from_yaml_text(const std::string& text, const std::string& where) 
 }
 
 Recipe load_recipe(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOEKIT_CHECK(in.good(), "cannot open recipe '", path, "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return recipe_from_yaml_text(ss.str(), path);
+  return recipe_from_yaml_text(read_file_bounded(path, recipe_limits().max_bytes, "recipe"), path);
 }
 
 void recipe_set(Recipe* r, const std::string& assignment) {
@@ -301,7 +299,7 @@ void recipe_set(Recipe* r, const std::string& assignment) {
   MOEKIT_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment, "': expected key=value");
   const std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
   const std::string where = "--set " + assignment;
-  set_key(r, key, parse_yaml(value, where), where);
+  set_key(r, key, parse_yaml(value, where, recipe_limits()), where);
 }
 
 std::vector<std::string> recipe_keys() {

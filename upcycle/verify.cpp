@@ -8,6 +8,7 @@
 
 #include "checkpoint/hf_checkpoint.h"
 #include "core/check.h"
+#include "core/finite.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "model/model.h"
@@ -34,6 +35,16 @@ uint64_t model_bytes(const config::ModelConfig& cfg) {
   uint64_t n = 0;
   for (const auto& p : s.specs()) n += static_cast<uint64_t>(p.numel());
   return n * 8;
+}
+
+// KL and top-1 agreement mean nothing over non-finite logits (a NaN model once "verified" with
+// KL 0 and agreement 1): refuse them, naming the model and the place.
+void check_finite_logits(const std::vector<float>& logits, int64_t vocab, const std::string& which,
+                         const std::string& dir) {
+  const int64_t i = first_non_finite(logits.data(), static_cast<int64_t>(logits.size()));
+  MOEKIT_CHECK(i < 0, "upcycle --verify: the ", which, " model ", dir, " gives a non-finite logit (",
+               i < 0 ? 0.f : logits[static_cast<size_t>(i)], " at token ", i / vocab, ", vocabulary entry ", i % vocab,
+               "): its weights are broken or overflow");
 }
 
 }  // namespace
@@ -88,10 +99,12 @@ VerifyResult verify_upcycle(const std::string& dense_dir, const std::string& moe
     auto m = checkpoint::load_hf_model(dense_dir);
     res.dense_loss = m->forward(tokens.data(), targets.data(), 1, T, lc, /*train=*/false).ce;
     dense_logits = m->logits();
+    check_finite_logits(dense_logits, dcfg.vocab_size, "dense", dense_dir);
   }
   auto m = checkpoint::load_hf_model(moe_dir);
   res.moe_loss = m->forward(tokens.data(), targets.data(), 1, T, lc, /*train=*/false).ce;
   const std::vector<float>& moe_logits = m->logits();
+  check_finite_logits(moe_logits, mcfg.vocab_size, "upcycled MoE", moe_dir);
   const int64_t V = dcfg.vocab_size;
   MOEKIT_CHECK(mcfg.vocab_size == V, moe_dir, ": vocab_size ", mcfg.vocab_size, " differs from the dense ", V);
   int64_t agree = 0;

@@ -222,8 +222,8 @@ class Backend {
   // ---- optimizer ----
   // One AdamW update of every tensor (optim/adamw_math.h per element), writing each updated
   // master rounded as `copy_kind` into its copy. A tensor with m == nullptr is not updated: only
-  // its copy is refreshed from p (after a resume). Returns the number of masters that are not
-  // finite after the pass (the caller's NaN policy decides).
+  // its copy is refreshed from p (after a resume). Returns the number of elements whose master
+  // (or, when updated, second moment) is not finite after the pass (the caller's NaN policy decides).
   virtual int64_t adamw(const std::vector<AdamWTensor>& tensors, RoundCopy copy_kind,
                         const optim::AdamWScalars& base, const optim::AdamWScalars& decayed) = 0;
 };

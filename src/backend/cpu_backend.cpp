@@ -33,7 +33,8 @@ constexpr int64_t kAdamChunk = 1 << 15;     // elements per unit of parallel Ada
 constexpr int64_t kAdamParallelMin = 1 << 16;  // below this many elements AdamW runs on one thread
 
 // Update elements [b, e) of one tensor (p the master, w the rounded copy when kDtype != 0) and
-// count the masters that are not finite afterwards. The five arrays never overlap (distinct
+// count the elements whose master or second moment is not finite afterwards (a non-finite
+// exp_avg makes the master non-finite; exp_avg_sq = inf would not). The five arrays never overlap (distinct
 // buffers) and the scalars are a local copy: saying so lets the loop vectorise.
 template <int kDtype>
 int64_t adamw_range(float* __restrict p, float* __restrict m, float* __restrict v, const float* __restrict g,
@@ -42,7 +43,7 @@ int64_t adamw_range(float* __restrict p, float* __restrict m, float* __restrict 
   for (int64_t i = b; i < e; ++i) {
     optim::adamw_element(p + i, m + i, v + i, g[i], s);
     if (kDtype != 0) w[i] = optim::round_to_compute<kDtype>(p[i]);
-    bad += std::isfinite(p[i]) ? 0 : 1;
+    bad += std::isfinite(p[i]) && std::isfinite(v[i]) ? 0 : 1;
   }
   return bad;
 }

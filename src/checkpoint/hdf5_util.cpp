@@ -6,7 +6,16 @@
 
 namespace moekit::checkpoint::h5 {
 
-void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void quiet() {
+  // HDF5 1.10 cannot close a file whose final flush failed (a full disk): the file object stays
+  // registered but half freed, and the library's exit handler then crashes on it (SIGSEGV in
+  // H5F__close_cb, HDFFV-11052, fixed in 1.14). Every moekit handle is closed explicitly before
+  // the process exits, so the handler has nothing to do: it is switched off before the library
+  // initialises (H5dont_atexit only works before that, hence first, once).
+  static const bool no_exit_handler = (H5dont_atexit(), true);
+  (void)no_exit_handler;
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
 
 namespace {
 

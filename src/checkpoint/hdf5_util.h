@@ -13,7 +13,9 @@
 namespace moekit::checkpoint::h5 {
 
 // Switches off HDF5's automatic error printing for this thread. Every entry point that talks
-// to HDF5 calls it first (cheap), because the setting is per thread in thread-safe builds.
+// to HDF5 calls it first (cheap), because the setting is per thread in thread-safe builds. The
+// first call also switches off HDF5's exit handler (see hdf5_util.cpp: it crashes on a file whose
+// close failed on a full disk).
 void quiet();
 
 // The messages on HDF5's error stack, innermost first (e.g. "truncated file: eof = ..."),

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "core/finite.h"
 #include "core/log.h"
 
 namespace moekit::checkpoint {
@@ -91,6 +92,17 @@ HfSource hf_source(HfLayout layout, const std::string& qwen2_name, const config:
   return v1_source(qwen2_name, cfg.num_attention_heads * cfg.head_size(), cfg.num_key_value_heads * cfg.head_size());
 }
 
+namespace {
+
+// A NaN or infinity in loaded weights would only surface later as a NaN loss (and every step
+// skipped): refused at load, naming the tensor.
+void check_finite(const SafetensorsDir& dir, const std::string& name, const float* v, int64_t n) {
+  const int64_t i = first_non_finite(v, n);
+  MOEKIT_CHECK(i < 0, dir.dir(), ": tensor '", name, "': non-finite value ", i < 0 ? 0.f : v[i], " at element ", i);
+}
+
+}  // namespace
+
 void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
   const auto& cfg = model->config();
   const HfLayout layout = detect_layout(dir);
@@ -101,7 +113,9 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
     if (layout == HfLayout::kQwen2) {
       MOEKIT_CHECK(dir.has(spec.name), dir.dir(), ": missing tensor '", spec.name, "' (expected shape ",
                    shape_str(spec.shape), ")");
-      P.write(spec.name, dir.read_f32(spec.name, spec.shape).data());
+      std::vector<float> v = dir.read_f32(spec.name, spec.shape);
+      check_finite(dir, spec.name, v.data(), spec.numel());
+      P.write(spec.name, v.data());
       used.insert(spec.name);
       continue;
     }
@@ -110,7 +124,9 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
                  "')");
     used.insert(src.name);
     if (!src.slice) {
-      P.write(spec.name, dir.read_f32(src.name, spec.shape).data());
+      std::vector<float> v = dir.read_f32(src.name, spec.shape);
+      check_finite(dir, src.name, v.data(), spec.numel());
+      P.write(spec.name, v.data());
       continue;
     }
     // c_attn: weight (qd + 2 kvd, H) or bias (qd + 2 kvd); take rows [row0, row0 + spec rows).
@@ -118,6 +134,7 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
     fused[0] = qd + 2 * kvd;
     std::vector<float> v = dir.read_f32(src.name, fused);
     const int64_t row = spec.shape.size() == 2 ? spec.shape[1] : 1;
+    check_finite(dir, src.name, v.data() + src.row0 * row, spec.numel());
     P.write(spec.name, v.data() + src.row0 * row);
   }
   // An expert-parallel rank reads only its own experts; the other ranks' experts are expected
@@ -147,10 +164,28 @@ void load_hf_weights(model::Model* model, const SafetensorsDir& dir) {
   }
 }
 
+void check_hf_shapes(const config::ModelConfig& cfg, const SafetensorsDir& dir) {
+  model::ParamStore store;  // declared only: names and shapes, nothing allocated
+  model::declare_model_params(cfg, &store);
+  const HfLayout layout = detect_layout(dir);
+  const int64_t qd = cfg.num_attention_heads * cfg.head_size(), kvd = cfg.num_key_value_heads * cfg.head_size();
+  for (const auto& spec : store.specs()) {
+    const HfSource src = hf_source(layout, spec.name, cfg);
+    MOEKIT_CHECK(dir.has(src.name), dir.dir(), ": missing tensor '", src.name, "' (expected shape ",
+                 shape_str(spec.shape), layout == HfLayout::kQwenV1 ? ", Qwen v1 source of '" + spec.name + "')" : ")");
+    Shape want = spec.shape;
+    if (src.slice) want[0] = qd + 2 * kvd;  // Qwen v1's fused c_attn: rows [q; k; v]
+    const Shape& got = dir.info(src.name).shape;
+    MOEKIT_CHECK(got == want, dir.dir(), ": tensor '", src.name, "' has shape ", shape_str(got), ", but ", dir.dir(),
+                 "/config.json implies ", shape_str(want));
+  }
+}
+
 std::unique_ptr<model::Model> load_hf_model(const std::string& dir) {
   MOEKIT_CHECK(fs::is_directory(dir), "model directory '", dir, "' does not exist or is not a directory");
   config::ModelConfig cfg = config::load_model_config(dir);
   auto st = SafetensorsDir::open(dir);
+  check_hf_shapes(cfg, st);  // before the model is allocated from the config's sizes
   auto model = std::make_unique<model::Model>(cfg);
   load_hf_weights(model.get(), st);
   return model;

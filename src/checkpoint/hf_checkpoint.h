@@ -35,7 +35,12 @@ bool hf_ignorable(const std::string& name);
 // (Model::experts_held() a subset) reads only its own experts and skips the others'.
 void load_hf_weights(model::Model* model, const SafetensorsDir& dir);
 
-// config.json + weights -> a new Model.
+// Every parameter `cfg` declares is in `dir` with the shape the config implies; checked from
+// the headers alone, so a config.json that promises more than the files hold is refused before
+// anything is allocated from its sizes (errors name the tensor and both shapes).
+void check_hf_shapes(const config::ModelConfig& cfg, const SafetensorsDir& dir);
+
+// config.json + weights -> a new Model (shapes checked first, see check_hf_shapes).
 std::unique_ptr<model::Model> load_hf_model(const std::string& dir);
 
 // Write config.json, generation_config.json and safetensors shards (<= max_shard_bytes) of

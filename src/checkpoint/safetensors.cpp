@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 
 namespace moekit::checkpoint {
@@ -52,76 +53,20 @@ bool dtype_bits(const std::string& name, uint32_t* bits) {
 
 std::string errno_str() { return std::strerror(errno); }
 
-// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as Rust's from_utf8.
-bool valid_utf8(const std::string& s, size_t* bad_at) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t n = s.size(), i = 0;
-  while (i < n) {
-    unsigned c = p[i];
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c < 0x80) { ++i; continue; }
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;  // overlong
-      if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;  // overlong
-      if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
-    } else {
-      *bad_at = i;
-      return false;
-    }
-    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) { *bad_at = i; return false; }
-    for (size_t k = 2; k < len; ++k)
-      if ((p[i + k] & 0xC0) != 0x80) { *bad_at = i; return false; }
-    i += len;
-  }
-  return true;
-}
-
-// Parse JSON text, rejecting what nlohmann would let through: duplicate keys (it keeps the
-// last), NUL bytes (its lexer takes NUL as end of input, so bytes after one would be ignored)
-// and deep nesting. The tags (reference rule names) are appended to the messages.
+// Parse JSON text with moekit's bounded parser (depth, duplicate keys, NUL bytes, size: see
+// core/bounded_parse.h) after the reference reader's strict UTF-8 check. The tags (reference
+// rule names) are appended to the messages.
 json parse_json_strict(const std::string& text, const std::string& path, const char* what,
-                       const char* utf8_tag, const char* json_tag) {
+                       const char* utf8_tag, const char* json_tag, uint64_t max_bytes) {
   size_t bad = 0;
   MOEKIT_CHECK(valid_utf8(text, &bad), path, ": ", what,
                " is not valid UTF-8 (bad byte at offset ", bad, ")", utf8_tag);
-  size_t nul = text.find('\0');
-  MOEKIT_CHECK(nul == std::string::npos, path, ": ", what,
-               " is not valid JSON: NUL byte at offset ", nul, json_tag);
-  std::vector<std::set<std::string>> keys;  // keys seen, per open object
-  auto cb = [&](int depth, json::parse_event_t ev, json& parsed) -> bool {
-    switch (ev) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        MOEKIT_CHECK(depth < kMaxJsonDepth, path, ": ", what, " nests deeper than ",
-                     kMaxJsonDepth, " levels", json_tag);
-        if (ev == json::parse_event_t::object_start) keys.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        keys.pop_back();
-        break;
-      case json::parse_event_t::key: {
-        const auto& k = parsed.get_ref<const std::string&>();
-        MOEKIT_CHECK(keys.back().insert(k).second, path, ": ", what, " has duplicate key '", k,
-                     "' (duplicate keys are not allowed)", json_tag);
-        break;
-      }
-      default:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true);
-  } catch (const json::exception& e) {
-    MOEKIT_FAIL(path, ": ", what, " is not valid JSON: ", e.what(), json_tag);
-  }
+  ParseLimits limits;
+  limits.max_bytes = static_cast<size_t>(max_bytes);
+  limits.max_depth = kMaxJsonDepth;
+  limits.what = what;
+  limits.tag = json_tag;
+  return parse_json(text, path, limits);
 }
 
 void pread_full(int fd, void* dst, size_t n, uint64_t off, const std::string& path,
@@ -223,19 +168,6 @@ bool is_plain_file_name(const std::string& s) {
          s.find('\0') == std::string::npos;
 }
 
-std::string read_small_file(const std::string& path, uint64_t cap) {
-  std::error_code ec;
-  uint64_t size = fs::file_size(path, ec);
-  MOEKIT_CHECK(!ec, path, ": cannot stat: ", ec.message());
-  MOEKIT_CHECK(size <= cap, path, ": file is ", size, " bytes, over the ", cap, "-byte limit");
-  std::ifstream in(path, std::ios::binary);
-  MOEKIT_CHECK(in, path, ": cannot open for reading");
-  std::ostringstream os;
-  os << in.rdbuf();
-  MOEKIT_CHECK(!in.bad(), path, ": read failed");
-  return os.str();
-}
-
 // A tensor of `f` that can be read as a moekit::DType.
 const TensorInfo& readable(const SafetensorsFile& f, const std::string& name) {
   const TensorInfo* info = f.find(name);
@@ -254,7 +186,8 @@ size_t locate(const std::map<std::string, size_t>& where, const std::string& dir
 
 // Opens the shards of an index and checks both directions of the mapping.
 std::vector<SafetensorsFile> open_indexed(const fs::path& dir, const std::string& ipath) {
-  json root = parse_json_strict(read_small_file(ipath, kMaxIndexBytes), ipath, "index", "", "");
+  json root = parse_json_strict(read_file_bounded(ipath, kMaxIndexBytes, "index"), ipath, "index", "", "",
+                                kMaxIndexBytes);
   MOEKIT_CHECK(root.is_object(), ipath, ": index is not a JSON object");
   auto md = root.find("metadata");
   if (md != root.end()) {
@@ -321,7 +254,7 @@ SafetensorsFile SafetensorsFile::parse(const std::string& path, const std::strin
 
   // Rule 4: UTF-8 JSON object of the expected shape.
   const char* kDeser = " (InvalidHeaderDeserialization)";
-  json root = parse_json_strict(header_json, path, "header", " (InvalidHeader)", kDeser);
+  json root = parse_json_strict(header_json, path, "header", " (InvalidHeader)", kDeser, kMaxSafetensorsHeader);
   MOEKIT_CHECK(root.is_object(), path, ": header is not a JSON object", kDeser);
 
   SafetensorsFile f;

@@ -15,11 +15,15 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
+#include <map>
 #include <utility>
 
 #include "checkpoint/hdf5_util.h"
+#include "checkpoint/manifest.h"
 #include "core/crc32c.h"
+#include "core/fault.h"
 #include "core/log.h"
 
 namespace moekit::checkpoint {
@@ -54,27 +58,33 @@ void fsync_path(const std::string& path, bool is_dir) {
   MOEKIT_CHECK(rc == 0 || (is_dir && err == EINVAL), path, ": fsync failed: ", std::strerror(err));
 }
 
-// Writes a small file in a directory that is not yet visible (the step's .tmp) and fsyncs it.
-void write_synced(const std::string& path, const std::string& text) {
+// Writes a new small file and fsyncs it; on any failure the file is removed again, so a full
+// disk leaves no empty or truncated file behind. `fault` (optional) names the fault-injection
+// point (core/fault.h) reached once per call: a kill there, or this write failing as on a full disk.
+void write_synced(const std::string& path, const std::string& text, const char* fault = nullptr) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   MOEKIT_CHECK(fd >= 0, path, ": cannot create: ", errno_str());
+  const bool disk_full = fault != nullptr && fault_point(fault);
+  auto fail = [&](const std::string& what, int err) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    MOEKIT_FAIL(path, ": ", what, " failed: ", std::strerror(err));
+  };
   const char* p = text.data();
   size_t n = text.size();
   while (n > 0) {
-    ssize_t r = ::write(fd, p, n);
+    ssize_t r = disk_full ? (errno = ENOSPC, -1) : ::write(fd, p, n);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      std::string why = r < 0 ? errno_str() : "no progress";
-      ::close(fd);
-      MOEKIT_FAIL(path, ": write failed: ", why);
-    }
+    if (r <= 0) fail("write", r < 0 ? errno : EIO);
     p += r;
     n -= static_cast<size_t>(r);
   }
-  int rc = ::fsync(fd);
-  std::string why = errno_str();
-  ::close(fd);
-  MOEKIT_CHECK(rc == 0, path, ": fsync failed: ", why);
+  if (::fsync(fd) != 0) fail("fsync", errno);
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    MOEKIT_FAIL(path, ": close failed: ", std::strerror(err));
+  }
 }
 
 void rename_or_fail(const std::string& from, const std::string& to) {
@@ -82,12 +92,17 @@ void rename_or_fail(const std::string& from, const std::string& to) {
 }
 
 // Replaces `path` by temp + fsync + rename: a crash leaves the old or the new contents, never
-// an empty or half-written pointer (the failure Megatron's tracker file can show).
-void replace_file(const std::string& dir, const std::string& name, const std::string& text) {
+// an empty or half-written pointer (the failure Megatron's tracker file can show), and a
+// failure removes the temp file.
+void replace_file(const std::string& dir, const std::string& name, const std::string& text, const char* fault) {
   const std::string path = (fs::path(dir) / name).string();
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  write_synced(tmp, text);
-  rename_or_fail(tmp, path);
+  write_synced(tmp, text, fault);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    MOEKIT_FAIL(path, ": cannot rename ", tmp, " to it: ", std::strerror(err));
+  }
   fsync_path(dir, true);
 }
 
@@ -214,6 +229,21 @@ struct TrainCheckpointWriter::Impl {
   std::vector<std::pair<std::string, h5::Handle>> groups;  // open groups, few
   bool closed = false;
 
+  ~Impl() { discard(); }
+
+  // Abandons an unclosed file (an error on the way): its blocks are released first, so that on
+  // a full disk the space is given back and HDF5's final metadata flush has room to succeed
+  // (a close that fails leaves HDF5 1.10 a half-freed file object: see h5::quiet). The .partial
+  // name stays for the commit protocol; its contents are garbage either way.
+  void discard() {
+    groups.clear();
+    if (!file.valid()) return;
+    void* handle = nullptr;
+    if (H5Fget_vfd_handle(file.get(), H5P_DEFAULT, &handle) >= 0 && handle != nullptr)
+      (void)!::ftruncate(*static_cast<int*>(handle), 0);
+    file.reset();
+  }
+
   hid_t group(const std::string& name) {
     for (const auto& g : groups)
       if (g.first == name) return g.second.get();
@@ -245,6 +275,7 @@ TrainCheckpointWriter::TrainCheckpointWriter(const std::string& ckpt_dir, int64_
     }
     fs::create_directory(tmp_dir_, ec);
     MOEKIT_CHECK(!ec, tmp_dir_, ": cannot create: ", ec.message());
+    owns_dir_ = true;
   } else {
     MOEKIT_CHECK(fs::is_directory(tmp_dir_, ec), tmp_dir_, ": does not exist; rank ", rank,
                  " must open its writer after rank 0 created it (barrier)");
@@ -255,9 +286,19 @@ TrainCheckpointWriter::TrainCheckpointWriter(const std::string& ckpt_dir, int64_
   h5::Handle fapl = h5::file_access_plist(impl_->partial_path);
   impl_->file = h5::own(H5Fcreate(impl_->partial_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose,
                         impl_->partial_path, "H5Fcreate");
+  // Which step and rank this file belongs to: the reader refuses a file copied from elsewhere.
+  h5::write_attr_i64(impl_->file.get(), "step", step, impl_->partial_path);
+  h5::write_attr_i64(impl_->file.get(), "rank", rank, impl_->partial_path);
 }
 
-TrainCheckpointWriter::~TrainCheckpointWriter() = default;  // handles close; no rename
+TrainCheckpointWriter::~TrainCheckpointWriter() {
+  const bool failed = !impl_->closed && std::uncaught_exceptions() > 0;
+  impl_.reset();  // discards an unclosed file; no rename
+  if (failed && owns_dir_) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir_, ec);
+  }
+}
 
 void TrainCheckpointWriter::write(const std::string& group, const std::string& name, const Shape& shape,
                                   const float* data, int64_t row_offset, int64_t full_rows) {
@@ -308,10 +349,19 @@ void TrainCheckpointWriter::close() {
   if (impl_->closed) return;
   h5::quiet();
   impl_->groups.clear();
-  // H5Fclose writes the metadata (superblock, object headers) still buffered: its failure means
-  // an unreadable file, so it is checked, unlike the destructor's close.
+  // The metadata still buffered (superblock, object headers) goes out in the flush, which may
+  // fail (disk full) and is checked; an H5Fclose with nothing left to write then cannot.
+  const herr_t flushed = H5Fflush(impl_->file.get(), H5F_SCOPE_LOCAL);
+  if (flushed < 0) {
+    const std::string why = h5::error_stack();
+    impl_->discard();
+    MOEKIT_FAIL(impl_->partial_path, ": H5Fflush failed (HDF5: ", why, ")");
+  }
   h5::check(impl_->file.close(), impl_->partial_path, "H5Fclose");
   fsync_path(impl_->partial_path, false);
+  fault_point("ckpt.rank_file");
+  // The file's digest for the step's manifest, read back once (from the page cache).
+  write_sum_file(impl_->final_path, digest_file(impl_->partial_path));
   rename_or_fail(impl_->partial_path, impl_->final_path);
   fsync_path(tmp_dir_, true);
   impl_->closed = true;
@@ -329,38 +379,61 @@ std::string commit_checkpoint(const std::string& ckpt_dir, int64_t step, const n
                " and close them before committing");
   MOEKIT_CHECK(meta.is_object() || meta.is_null(), tmp, ": meta must be a JSON object, got ", meta.type_name());
 
-  std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(tmp, ec)) {
-    const std::string f = e.path().filename().string();
-    MOEKIT_CHECK(!ends_with(f, kPartialSuffix), e.path().string(),
-                 ": a rank never closed its checkpoint writer; refusing to commit step ", step);
-    if (f.rfind("rank_", 0) == 0 && ends_with(f, ".h5") && all_digits(f.substr(5, f.size() - 8))) files.push_back(f);
-  }
-  MOEKIT_CHECK(!ec, tmp, ": cannot list: ", ec.message());
-  MOEKIT_CHECK(!files.empty(), tmp, ": no rank_*.h5 file: nothing to commit");
-  std::sort(files.begin(), files.end());
-  if (meta.is_object() && meta.contains("world_size")) {
-    const auto& w = meta["world_size"];
-    MOEKIT_CHECK(w.is_number_integer() && w.get<int64_t>() == static_cast<int64_t>(files.size()), tmp,
-                 ": meta world_size ", w.dump(), " but ", files.size(), " rank file(s) were written");
-    for (size_t r = 0; r < files.size(); ++r)
-      MOEKIT_CHECK(files[r] == rank_file_name(static_cast<int>(r)), tmp, ": ", rank_file_name(static_cast<int>(r)),
-                   " is missing");
-  }
-  if (meta.is_object() && meta.contains("step"))
-    MOEKIT_CHECK(meta["step"].is_number_integer() && meta["step"].get<int64_t>() == step, tmp, ": meta step ",
-                 meta["step"].dump(), " but committing step ", step);
+  try {
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(tmp, ec)) {
+      const std::string f = e.path().filename().string();
+      MOEKIT_CHECK(!ends_with(f, kPartialSuffix), e.path().string(),
+                   ": a rank never closed its checkpoint writer; refusing to commit step ", step);
+      if (f.rfind("rank_", 0) == 0 && ends_with(f, ".h5") && all_digits(f.substr(5, f.size() - 8))) files.push_back(f);
+    }
+    MOEKIT_CHECK(!ec, tmp, ": cannot list: ", ec.message());
+    MOEKIT_CHECK(!files.empty(), tmp, ": no rank_*.h5 file: nothing to commit");
+    std::sort(files.begin(), files.end());
+    if (meta.is_object() && meta.contains("world_size")) {
+      const auto& w = meta["world_size"];
+      MOEKIT_CHECK(w.is_number_integer() && w.get<int64_t>() == static_cast<int64_t>(files.size()), tmp,
+                   ": meta world_size ", w.dump(), " but ", files.size(), " rank file(s) were written");
+      for (size_t r = 0; r < files.size(); ++r)
+        MOEKIT_CHECK(files[r] == rank_file_name(static_cast<int>(r)), tmp, ": ",
+                     rank_file_name(static_cast<int>(r)), " is missing");
+    }
+    if (meta.is_object() && meta.contains("step"))
+      MOEKIT_CHECK(meta["step"].is_number_integer() && meta["step"].get<int64_t>() == step, tmp, ": meta step ",
+                   meta["step"].dump(), " but committing step ", step);
 
-  nlohmann::json m = meta.is_null() ? nlohmann::json::object() : meta;
-  m["step"] = step;
-  m["files"] = files;
-  write_synced((fs::path(tmp) / "meta.json").string(), m.dump(2) + "\n");
-  write_synced((fs::path(tmp) / "config.resolved.yaml").string(), config_yaml);
-  fsync_path(tmp, true);
+    // Every file's digest: the rank files' from the sums their writers left, after checking that
+    // each file still has the size its writer saw.
+    std::map<std::string, FileDigest> digests;
+    for (const std::string& f : files) {
+      const std::string path = (fs::path(tmp) / f).string();
+      const FileDigest d = read_sum_file(path);
+      MOEKIT_CHECK(fs::file_size(path) == d.bytes, path, ": is ", fs::file_size(path), " bytes but its writer saw ",
+                   d.bytes);
+      digests[f] = d;
+      fs::remove(path + kSumSuffix);
+    }
+    nlohmann::json m = meta.is_null() ? nlohmann::json::object() : meta;
+    m["step"] = step;
+    m["files"] = files;
+    const std::string meta_text = m.dump(2) + "\n";
+    write_synced((fs::path(tmp) / "meta.json").string(), meta_text, "ckpt.meta");
+    write_synced((fs::path(tmp) / "config.resolved.yaml").string(), config_yaml);
+    digests["meta.json"] = digest_bytes(meta_text);
+    digests["config.resolved.yaml"] = digest_bytes(config_yaml);
+    write_synced((fs::path(tmp) / kManifestName).string(), manifest_json(step, digests));
+    fsync_path(tmp, true);
+  } catch (...) {
+    // Nothing of this step was published: free its space (a full disk is a likely cause).
+    fs::remove_all(tmp, ec);
+    throw;
+  }
 
   // The commit point: from here on step_N is a complete checkpoint.
+  fault_point("ckpt.install");
   install_dir(tmp, fin, ckpt_dir);
-  replace_file(ckpt_dir, "latest", name + "\n");
+  replace_file(ckpt_dir, "latest", name + "\n", "ckpt.latest");
+  fault_point("ckpt.prune");
   // Only now that `latest` has moved may older checkpoints go (KempnerForge #102: pruning
   // before the new one was durable left nothing to resume from).
   remove_stale(ckpt_dir);
@@ -403,14 +476,17 @@ int64_t latest_step(const std::string& ckpt_dir, const std::vector<std::pair<int
   return -1;
 }
 
-void open_and_verify(const std::string& dir) {
+// The reader checks the manifest (every byte of every file) and the structure; `check` (the
+// trainer's: names, shapes, finite values, meta fields) or else verify_all() then reads the data.
+void open_and_verify(const std::string& dir, const CheckpointCheck& check) {
   TrainCheckpointReader reader(dir);
-  reader.verify_all();
+  if (check) check(reader);
+  else reader.verify_all();
 }
 
 }  // namespace
 
-std::string resolve_resume(const std::string& ckpt_dir, const std::string& resume) {
+std::string resolve_resume(const std::string& ckpt_dir, const std::string& resume, const CheckpointCheck& check) {
   if (resume.empty() || resume == "none") return "";  // RunConfig's default
   if (resume != "auto") {
     std::error_code ec;
@@ -418,7 +494,7 @@ std::string resolve_resume(const std::string& ckpt_dir, const std::string& resum
     if (!fs::exists(dir, ec) && !ckpt_dir.empty() && fs::is_directory(fs::path(ckpt_dir) / resume, ec))
       dir = (fs::path(ckpt_dir) / resume).string();
     MOEKIT_CHECK(fs::is_directory(dir, ec), "resume: '", resume, "' is neither 'auto' nor a checkpoint directory");
-    open_and_verify(dir);  // its errors name the directory, file and dataset
+    open_and_verify(dir, check);  // its errors name the directory, file and dataset
     return dir;
   }
   const auto committed = committed_steps(ckpt_dir);
@@ -434,7 +510,7 @@ std::string resolve_resume(const std::string& ckpt_dir, const std::string& resum
   std::string failures;
   for (size_t i = 0; i < candidates.size(); ++i) {
     try {
-      open_and_verify(candidates[i]);
+      open_and_verify(candidates[i], check);
       if (i > 0) log_warn("resuming from ", candidates[i], " (newer checkpoints failed, see above)");
       return candidates[i];
     } catch (const std::exception& e) {

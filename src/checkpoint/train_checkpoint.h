@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -43,7 +44,10 @@ class TrainCheckpointWriter {
   // step; other ranks must call after a barrier with create_dir=false) and opens
   // rank_R.h5.partial in it.
   TrainCheckpointWriter(const std::string& ckpt_dir, int64_t step, int rank = 0, bool create_dir = true);
-  ~TrainCheckpointWriter();  // an uncommitted writer leaves only a .tmp directory
+  // An unclosed writer leaves only a .tmp directory (its file truncated); the writer that created
+  // the directory removes it when destroyed by an exception (a write failed, e.g. a full disk:
+  // the step cannot be committed and its space is wanted back).
+  ~TrainCheckpointWriter();
   TrainCheckpointWriter(const TrainCheckpointWriter&) = delete;
   TrainCheckpointWriter& operator=(const TrainCheckpointWriter&) = delete;
 
@@ -65,6 +69,7 @@ class TrainCheckpointWriter {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::string tmp_dir_, final_dir_;
+  bool owns_dir_ = false;
 };
 
 // Rank 0, after every rank closed its writer: writes meta.json (adding "step" and "files": the
@@ -80,8 +85,10 @@ std::string commit_checkpoint(const std::string& ckpt_dir, int64_t step, const n
 
 class TrainCheckpointReader {
  public:
-  // Opens a committed step directory; validates meta.json and that every listed file opens.
-  // Errors name the directory and the file at fault.
+  // Opens a committed step directory: checks every file against manifest.json (size and
+  // CRC-32C, before HDF5 parses a byte), validates meta.json, the rank files' step and rank
+  // attributes, and their structure (hard links only; groups of f32 datasets, contiguous and
+  // unfiltered, with only moekit's attributes). Errors name the directory and the file at fault.
   explicit TrainCheckpointReader(const std::string& step_dir);
   ~TrainCheckpointReader();
 
@@ -96,14 +103,17 @@ class TrainCheckpointReader {
   // Tensor names stored in a group (over all files), sorted: lets a loader report unexpected
   // or missing names instead of silently ignoring them.
   std::vector<std::string> names(const std::string& group) const;
+  // The groups present in any file, sorted.
+  std::vector<std::string> groups() const;
   // Read rows [row_begin, row_begin + rows) (rows = -1: all) of a tensor into out (must hold
   // rows * row_numel floats), assembling from the files that hold pieces of it. Verifies each
   // piece's crc32c; a mismatch is an error naming the file and dataset. Rows not covered by any
   // piece are an error; the rows of a rank-0 (scalar) tensor are its one element.
   void read(const std::string& group, const std::string& name, float* out, int64_t row_begin = 0,
             int64_t rows = -1) const;
-  // Reads every dataset once and checks its checksum (used by auto-resume before trusting it).
-  void verify_all() const;
+  // Reads every dataset once, in bounded pieces, and checks its checksum; with require_finite
+  // also that it holds no NaN or infinity (errors name the file, dataset and element).
+  void verify_all(bool require_finite = false) const;
 
  private:
   struct Impl;
@@ -112,14 +122,19 @@ class TrainCheckpointReader {
   nlohmann::json meta_;
 };
 
-// `resume`: "auto" -> the directory named by CKPT_DIR/latest, falling back (with a warning) to
-// older step directories, newest first, when it fails to open or verify (all of them, newest
-// first, when `latest` is missing or unreadable); "" when there is no committed checkpoint, an
-// error naming each failure when there are some but none verifies (starting from scratch would
-// then overwrite them). "" or "none" -> "" (no resume). Any other value is a step directory
-// path (or a step directory name inside ckpt_dir) that must open and verify (error otherwise).
-// It reads every byte of each candidate: with many ranks call it on rank 0 and broadcast.
-std::string resolve_resume(const std::string& ckpt_dir, const std::string& resume);
+// What a caller requires of a checkpoint beyond its integrity (the trainer: the model's tensors
+// and shapes, finite values, the meta fields it restores); throws moekit::Error saying why not.
+using CheckpointCheck = std::function<void(const TrainCheckpointReader&)>;
+
+// `resume`: "auto" -> the directory named by CKPT_DIR/latest, falling back (with a warning
+// naming the reason) to older step directories, newest first, when it fails to open, verify or
+// pass `check` (all of them, newest first, when `latest` is missing or unreadable); "" when there
+// is no committed checkpoint, an error naming each failure when there are some but none passes
+// (starting from scratch would then overwrite them). "" or "none" -> "" (no resume). Any other
+// value is a step directory path (or a step directory name inside ckpt_dir) that must open,
+// verify and pass `check` (error otherwise). Without `check`, verify_all() reads the data. It
+// reads every byte of each candidate: with many ranks call it on rank 0 and broadcast.
+std::string resolve_resume(const std::string& ckpt_dir, const std::string& resume, const CheckpointCheck& check = {});
 
 // Committed step directories (CKPT_DIR/step_<digits>), oldest first; none if CKPT_DIR is absent.
 std::vector<std::string> list_checkpoints(const std::string& ckpt_dir);

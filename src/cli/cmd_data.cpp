@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/bounded_parse.h"
 #include "core/log.h"
 #include "data/file_io.h"
 #include "data/inspect.h"
@@ -91,11 +92,13 @@ void add_inspect(CLI::App* data, std::vector<Command>* out) {
                     nlohmann::json synth;
                     if (ds.num_files() == 1 && data::file_exists(ds.file(0).path + ".synth.json")) {
                       const std::string side = ds.file(0).path + ".synth.json";
-                      std::ifstream f(side);
-                      synth = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
-                      MOEKIT_CHECK(!synth.is_discarded() && synth.is_object(), side, ": not valid JSON");
+                      ParseLimits limits;
+                      limits.max_bytes = size_t{1} << 20;
+                      synth = load_json_file(side, limits);
+                      MOEKIT_CHECK(synth.is_object(), side, ": not a JSON object");
                       if (o->vocab <= 0 && synth.contains("config") && synth["config"].contains("vocab_size"))
-                        o->vocab = synth["config"]["vocab_size"].get<int64_t>();
+                        o->vocab = json_int(synth["config"]["vocab_size"], side, "config.vocab_size", 1,
+                                            int64_t{1} << 31);
                     }
                     data::DatasetStats st = data::compute_stats(ds, o->top, o->vocab);
                     if (o->json) {

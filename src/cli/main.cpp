@@ -1,7 +1,9 @@
 // moekit: one binary, one subcommand per job. Errors a user can cause print one line naming
 // what is wrong and exit 1; command-line mistakes exit with CLI11's code (non-zero).
+#include <csignal>
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "cli/commands.h"
 #include "core/check.h"
@@ -43,11 +45,18 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  // Past a file-size limit (ulimit -f) write() then fails with EFBIG, which every writer reports
+  // and cleans up after, instead of SIGXFSZ killing the process mid-write.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     for (auto& c : commands)
       if (c.app->parsed()) return c.run();
   } catch (const moekit::Error& e) {
     std::fprintf(stderr, "moekit: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "moekit: error: out of memory in 'moekit %s' (a size in the input may be more than this "
+                 "machine can hold)\n", argc > 1 ? argv[1] : "");
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moekit: error: %s\n", e.what());

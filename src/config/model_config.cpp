@@ -8,14 +8,17 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <locale>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <variant>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 
 namespace moekit::config {
@@ -177,7 +180,7 @@ void set_from_string(ModelConfig* c, const FieldSpec& spec, const std::string& v
           ok = parse_int_list(value, &parsed);
           expected = "a list of integers like [1,3]";
         }
-        MOEKIT_CHECK(ok, where, ": ", spec.name, " must be ", expected, ", got '", value, "'");
+        MOEKIT_CHECK(ok, where, ": ", spec.name, " must be ", expected, ", got '", clip_for_message(value), "'");
         c->*member = std::move(parsed);
       },
       spec.member);
@@ -196,12 +199,12 @@ void set_from_yaml(ModelConfig* c, const FieldSpec& spec, const YAML::Node& node
       return;
     }
     MOEKIT_CHECK(node.IsSequence(), where, ": ", spec.name,
-                 " must be a list of integers like [1, 3], got '", YAML::Dump(node), "'");
+                 " must be a list of integers like [1, 3], got '", clip_for_message(YAML::Dump(node)), "'");
     std::vector<int64_t> v;
     for (const YAML::Node& item : node) {
       int64_t x = 0;
       MOEKIT_CHECK(item.IsScalar() && parse_int64(item.Scalar(), &x), where, ": ", spec.name,
-                   " must be a list of integers, got element '", YAML::Dump(item), "'");
+                   " must be a list of integers, got element '", clip_for_message(YAML::Dump(item)), "'");
       v.push_back(x);
     }
     c->*member = std::move(v);
@@ -209,7 +212,7 @@ void set_from_yaml(ModelConfig* c, const FieldSpec& spec, const YAML::Node& node
   }
   MOEKIT_CHECK(!node.IsNull(), where, ": ", spec.name, " has no value");
   MOEKIT_CHECK(node.IsScalar(), where, ": ", spec.name, " must be a single value, got '",
-               YAML::Dump(node), "'");
+               clip_for_message(YAML::Dump(node)), "'");
   set_from_string(c, spec, node.Scalar(), where);
 }
 
@@ -238,34 +241,30 @@ class JsonReader {
                  j_.value("model_type", std::string("?")), ")");
   }
   int64_t get_int(const char* key) const {
-    const json& v = j_.at(key);
-    MOEKIT_CHECK(v.is_number_integer(), where_, ": ", key, " must be an integer, got ", v.dump());
-    return v.get<int64_t>();
+    return json_int(j_.at(key), where_, key, std::numeric_limits<int64_t>::min(),
+                    std::numeric_limits<int64_t>::max());
   }
   double get_double(const char* key) const {
-    const json& v = j_.at(key);
-    MOEKIT_CHECK(v.is_number(), where_, ": ", key, " must be a number, got ", v.dump());
-    return v.get<double>();
+    return json_number(j_.at(key), where_, key, std::numeric_limits<double>::lowest(),
+                       std::numeric_limits<double>::max());
   }
   bool get_bool(const char* key) const {
     const json& v = j_.at(key);
-    MOEKIT_CHECK(v.is_boolean(), where_, ": ", key, " must be true or false, got ", v.dump());
+    MOEKIT_CHECK(v.is_boolean(), where_, ": ", key, " must be true or false, got ", clip_for_message(v.dump()));
     return v.get<bool>();
   }
   std::string get_string(const char* key) const {
     const json& v = j_.at(key);
-    MOEKIT_CHECK(v.is_string(), where_, ": ", key, " must be a string, got ", v.dump());
+    MOEKIT_CHECK(v.is_string(), where_, ": ", key, " must be a string, got ", clip_for_message(v.dump()));
     return v.get<std::string>();
   }
   std::vector<int64_t> get_int_list(const char* key) const {
     const json& v = j_.at(key);
-    MOEKIT_CHECK(v.is_array(), where_, ": ", key, " must be a list of integers, got ", v.dump());
+    MOEKIT_CHECK(v.is_array(), where_, ": ", key, " must be a list of integers, got ", clip_for_message(v.dump()));
     std::vector<int64_t> out;
-    for (const json& x : v) {
-      MOEKIT_CHECK(x.is_number_integer(), where_, ": ", key,
-                   " must be a list of integers, got element ", x.dump());
-      out.push_back(x.get<int64_t>());
-    }
+    for (const json& x : v)
+      out.push_back(json_int(x, where_, std::string(key) + " element", std::numeric_limits<int64_t>::min(),
+                             std::numeric_limits<int64_t>::max()));
     return out;
   }
   // Read `key` into the member named by `spec` if present.
@@ -293,7 +292,7 @@ class JsonReader {
 void check_plain_rope(const json& j, const char* key, const std::string& where) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return;
-  MOEKIT_CHECK(it->is_object(), where, ": ", key, " must be an object, got ", it->dump());
+  MOEKIT_CHECK(it->is_object(), where, ": ", key, " must be an object, got ", clip_for_message(it->dump()));
   std::string type = "default";
   for (const char* field : {"rope_type", "type"}) {  // "type" is the pre-4.40 spelling
     auto t = it->find(field);
@@ -439,13 +438,62 @@ std::string lower_ext(const fs::path& p) {
   return e;
 }
 
+ParseLimits config_limits(const char* what) {
+  ParseLimits l;
+  l.max_bytes = size_t{1} << 20;  // a config.json is ~1 KB
+  l.what = what;
+  return l;
+}
+
 std::string read_text_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  MOEKIT_CHECK(in.good(), "cannot open model config '", p.string(), "'");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  MOEKIT_CHECK(!in.bad(), "error reading model config '", p.string(), "'");
-  return ss.str();
+  return read_file_bounded(p.string(), config_limits("model config").max_bytes, "model config");
+}
+
+// Upper bounds far above any released model (Qwen2-72B: hidden 8192, 80 layers, FFN 29568,
+// vocab 152064; DeepSeek-V3: 256 routed experts, 61 layers) yet low enough that every product of
+// a few of them fits in 64 bits and no loop over one runs for long. docs/MODEL.md lists them.
+struct SizeBound {
+  const char* name;
+  int64_t ModelConfig::*member;
+  int64_t min, max;
+};
+
+const std::vector<SizeBound>& size_bounds() {
+  static const std::vector<SizeBound> kBounds = {
+      {"vocab_size", &ModelConfig::vocab_size, 1, int64_t{1} << 24},
+      {"hidden_size", &ModelConfig::hidden_size, 1, int64_t{1} << 18},
+      {"intermediate_size", &ModelConfig::intermediate_size, 0, int64_t{1} << 20},
+      {"num_hidden_layers", &ModelConfig::num_hidden_layers, 1, int64_t{1} << 12},
+      {"num_attention_heads", &ModelConfig::num_attention_heads, 1, int64_t{1} << 12},
+      {"num_key_value_heads", &ModelConfig::num_key_value_heads, 1, int64_t{1} << 12},
+      {"head_dim", &ModelConfig::head_dim, 0, int64_t{1} << 14},
+      {"max_position_embeddings", &ModelConfig::max_position_embeddings, 1, int64_t{1} << 24},
+      {"num_experts", &ModelConfig::num_experts, 0, int64_t{1} << 14},
+      {"num_experts_per_tok", &ModelConfig::num_experts_per_tok, 0, int64_t{1} << 14},
+      {"moe_intermediate_size", &ModelConfig::moe_intermediate_size, 0, int64_t{1} << 20},
+      {"shared_expert_intermediate_size", &ModelConfig::shared_expert_intermediate_size, 0, int64_t{1} << 20},
+      {"decoder_sparse_step", &ModelConfig::decoder_sparse_step, 0, int64_t{1} << 12},
+  };
+  return kBounds;
+}
+
+// 2^44 parameters (70 TB of f32 weights): beyond anything one moekit run can hold.
+constexpr int64_t kMaxParameters = int64_t{1} << 44;
+
+// More than the parameter count (every layer counted with both its dense MLP and its experts),
+// exact in 128 bits for fields within size_bounds(): a cheap guard before anything allocates.
+unsigned __int128 parameter_upper_bound(const ModelConfig& c) {
+  using U = unsigned __int128;
+  const U H = static_cast<U>(c.hidden_size), V = static_cast<U>(c.vocab_size);
+  const U d = static_cast<U>(c.head_dim > 0 ? c.head_dim : c.hidden_size);
+  const U attn = (static_cast<U>(c.num_attention_heads) + 2 * static_cast<U>(c.num_key_value_heads)) * d * (H + 1) +
+                 static_cast<U>(c.num_attention_heads) * d * H;
+  const U ffn = 3 * H *
+                (static_cast<U>(c.intermediate_size) +
+                 static_cast<U>(c.num_experts) * static_cast<U>(c.moe_intermediate_size) +
+                 static_cast<U>(c.shared_expert_intermediate_size) + 1) +
+                static_cast<U>(c.num_experts) * H;
+  return 2 * V * H + static_cast<U>(c.num_hidden_layers) * (attn + ffn + 2 * H) + H;
 }
 
 }  // namespace
@@ -468,6 +516,14 @@ int64_t ModelConfig::num_sparse_layers() const {
 void ModelConfig::validate() const {
   MOEKIT_CHECK(model_type == "qwen2" || model_type == "qwen2_moe", "model_type '", model_type,
                "' is not supported (expected qwen2 or qwen2_moe)");
+  // Upper bounds first, before anything loops over a field or multiplies two of them.
+  for (const SizeBound& b : size_bounds())
+    MOEKIT_CHECK(this->*b.member >= b.min && this->*b.member <= b.max, b.name, " (", this->*b.member,
+                 ") is out of range [", b.min, ", ", b.max, "]");
+  const unsigned __int128 params = parameter_upper_bound(*this);
+  MOEKIT_CHECK(params <= static_cast<unsigned __int128>(kMaxParameters), "the model would have about ",
+               static_cast<double>(params), " parameters, more than moekit's limit of ", kMaxParameters,
+               " (check vocab_size, hidden_size, num_hidden_layers and the FFN / expert widths)");
   MOEKIT_CHECK(vocab_size > 0, "vocab_size (", vocab_size, ") must be positive");
   MOEKIT_CHECK(pad_token_id >= -1 && pad_token_id < vocab_size, "pad_token_id (", pad_token_id,
                ") must be in [0, vocab_size ", vocab_size, "), or -1 for none");
@@ -493,10 +549,12 @@ void ModelConfig::validate() const {
                ", from hidden_size ", hidden_size, " / num_attention_heads ", num_attention_heads,
                " or head_dim) must be even for RoPE");
   // Comparisons written so that NaN fails them too.
-  MOEKIT_CHECK(rms_norm_eps > 0, "rms_norm_eps (", rms_norm_eps, ") must be positive");
-  MOEKIT_CHECK(rope_theta > 0, "rope_theta (", rope_theta, ") must be positive");
-  MOEKIT_CHECK(initializer_range >= 0, "initializer_range (", initializer_range,
-               ") must be non-negative");
+  MOEKIT_CHECK(rms_norm_eps > 0 && std::isfinite(rms_norm_eps), "rms_norm_eps (", rms_norm_eps,
+               ") must be positive and finite");
+  MOEKIT_CHECK(rope_theta > 0 && std::isfinite(rope_theta), "rope_theta (", rope_theta,
+               ") must be positive and finite");
+  MOEKIT_CHECK(initializer_range >= 0 && std::isfinite(initializer_range), "initializer_range (",
+               initializer_range, ") must be non-negative and finite");
   MOEKIT_CHECK(attention_dropout >= 0 && attention_dropout < 1, "attention_dropout (",
                attention_dropout, ") must be in [0, 1)");
   MOEKIT_CHECK(hidden_act == "silu", "hidden_act '", hidden_act,
@@ -519,8 +577,8 @@ void ModelConfig::validate() const {
                  "shared_expert_gate: false needs a shared expert (shared_expert_intermediate_size is 0)");
     MOEKIT_CHECK(decoder_sparse_step > 0, "decoder_sparse_step (", decoder_sparse_step,
                  ") must be positive");
-    MOEKIT_CHECK(router_aux_loss_coef >= 0, "router_aux_loss_coef (", router_aux_loss_coef,
-                 ") must be non-negative");
+    MOEKIT_CHECK(router_aux_loss_coef >= 0 && std::isfinite(router_aux_loss_coef), "router_aux_loss_coef (",
+                 router_aux_loss_coef, ") must be non-negative and finite");
     MOEKIT_CHECK(moe_router_score_function == "softmax" || moe_router_score_function == "sigmoid",
                  "moe_router_score_function '", moe_router_score_function, "' must be softmax or sigmoid");
     std::set<int64_t> seen;
@@ -559,12 +617,7 @@ ModelConfig model_config_from_yaml(const YAML::Node& node, const std::string& wh
 }
 
 ModelConfig model_config_from_hf_json(const std::string& json_text, const std::string& where) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    MOEKIT_FAIL(where, ": invalid JSON: ", e.what());
-  }
+  const json j = parse_json(json_text, where, config_limits("config.json"));
   MOEKIT_CHECK(j.is_object(), where, ": config.json must be a JSON object");
   JsonReader r(j, where);
   MOEKIT_CHECK(r.has("model_type"), where, ": config.json has no model_type");
@@ -591,13 +644,7 @@ ModelConfig load_model_config(const std::string& path) {
   if (ext == ".json") return model_config_from_hf_json(read_text_file(p), path);
   MOEKIT_CHECK(ext == ".yaml" || ext == ".yml", "model config '", path,
                "' must be a .yaml/.yml file, a config.json or a checkpoint directory");
-  YAML::Node node;
-  try {
-    node = YAML::Load(read_text_file(p));
-  } catch (const YAML::Exception& e) {
-    MOEKIT_FAIL(path, ": invalid YAML: ", e.what());
-  }
-  return model_config_from_yaml(node, path);
+  return model_config_from_yaml(parse_yaml(read_text_file(p), path, config_limits("model config")), path);
 }
 
 std::string model_config_to_hf_json(const ModelConfig& c) {

@@ -9,14 +9,19 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
+#include "core/checked.h"
 
 namespace moekit::config {
 
 namespace {
 
 namespace fs = std::filesystem;
+
+constexpr int64_t kMaxSteps = int64_t{1} << 40;
 
 // Reads the keys of one mapping; every key must be consumed, so typos are errors.
 class Section {
@@ -33,7 +38,7 @@ class Section {
     try {
       *out = node_[key].as<T>();
     } catch (const YAML::Exception&) {
-      MOEKIT_FAIL(where_, ": '", full(key), "' has an invalid value '", YAML::Dump(node_[key]), "'");
+      MOEKIT_FAIL(where_, ": '", full(key), "' has an invalid value '", clip_for_message(YAML::Dump(node_[key])), "'");
     }
   }
   YAML::Node child(const char* key) {
@@ -80,9 +85,10 @@ void yaml_set_path(YAML::Node* root, const std::string& assignment) {
     keys.push_back(k);
   }
   // yaml-cpp nodes are handles: walk with copies, assigning into the tree at the end.
+  const YAML::Node parsed = parse_yaml(value, "--set " + clip_for_message(assignment));
   std::function<void(YAML::Node, size_t)> walk = [&](YAML::Node node, size_t i) {
     if (i + 1 == keys.size()) {
-      node[keys[i]] = YAML::Load(value);
+      node[keys[i]] = parsed;
       return;
     }
     if (!node[keys[i]] || !node[keys[i]].IsMap()) node[keys[i]] = YAML::Node(YAML::NodeType::Map);
@@ -94,12 +100,9 @@ void yaml_set_path(YAML::Node* root, const std::string& assignment) {
 
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
   MOEKIT_CHECK(fs::is_regular_file(path), "run config '", path, "' does not exist");
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::Exception& e) {
-    MOEKIT_FAIL(path, ": invalid YAML: ", e.what());
-  }
+  ParseLimits limits;
+  limits.max_bytes = size_t{1} << 20;  // a run config is a few hundred bytes
+  YAML::Node root = load_yaml_file(path, limits);
   for (const auto& o : overrides) yaml_set_path(&root, o);
   RunConfig c;
   c.source = path;
@@ -176,10 +179,29 @@ void RunConfig::validate(int world_size) const {
   const std::string& w = source;
   const int64_t world = world_size > 0 ? world_size : 1;
   MOEKIT_CHECK(!run_dir.empty(), w, ": run_dir must not be empty");
+  // Upper bounds before anything is sized from these: far above any real run, low enough that
+  // products of them (tokens per step, steps x tokens) fit in 64 bits.
+  for (const auto& [key, v, lo, hi] : {std::tuple<const char*, int64_t, int64_t, int64_t>{"train.steps", train.steps, 1, kMaxSteps},
+                                       {"train.micro_batch_size", train.micro_batch_size, 1, int64_t{1} << 20},
+                                       {"train.global_batch_size", train.global_batch_size, 1, int64_t{1} << 30},
+                                       {"train.log_every", train.log_every, 1, kMaxSteps},
+                                       {"train.eval_every", train.eval_every, 0, kMaxSteps},
+                                       {"train.eval_batches", train.eval_batches, 0, int64_t{1} << 30},
+                                       {"data.synth_tokens", data.synth_tokens, 0, int64_t{1} << 40},
+                                       {"checkpoint.every", checkpoint.every, 0, kMaxSteps},
+                                       {"checkpoint.keep", checkpoint.keep, 0, int64_t{1} << 20},
+                                       {"parallel.ep", parallel.ep, 1, int64_t{1} << 14}})
+    MOEKIT_CHECK(v >= lo && v <= hi, w, ": ", key, " must be in [", lo, ", ", hi, "], got ", v);
+  MOEKIT_CHECK(std::isfinite(train.peak_flops) && train.peak_flops >= 0, w,
+               ": train.peak_flops must be a finite number >= 0, got ", train.peak_flops);
+  MOEKIT_CHECK(std::isfinite(loss.aux_coef), w, ": loss.aux_coef must be finite, got ", loss.aux_coef);
   MOEKIT_CHECK(train.steps > 0, w, ": train.steps must be > 0, got ", train.steps);
   MOEKIT_CHECK(train.seq_len > 1, w, ": train.seq_len must be > 1, got ", train.seq_len);
   MOEKIT_CHECK(train.seq_len <= model_config.max_position_embeddings, w, ": train.seq_len ", train.seq_len,
                " exceeds the model's max_position_embeddings ", model_config.max_position_embeddings);
+  // The token counters (tokens per step, tokens seen at the end) must fit in 64 bits.
+  checked_product({train.global_batch_size, train.seq_len, train.steps},
+                  w + ": train.global_batch_size x train.seq_len x train.steps (tokens of the run)");
   MOEKIT_CHECK(train.micro_batch_size > 0, w, ": train.micro_batch_size must be > 0, got ", train.micro_batch_size);
   MOEKIT_CHECK(train.global_batch_size > 0 && train.global_batch_size % (train.micro_batch_size * world) == 0, w,
                ": train.global_batch_size ", train.global_batch_size,
@@ -197,7 +219,7 @@ void RunConfig::validate(int world_size) const {
                ") (auto takes the model's eos_token_id ", model_config.eos_token_id, ")");
   MOEKIT_CHECK(loss.aux == "none" || loss.aux == "hf_pooled" || loss.aux == "switch" || loss.aux == "global_batch", w,
                ": loss.aux '", loss.aux, "' must be one of none, hf_pooled, switch, global_batch");
-  MOEKIT_CHECK(loss.z_coef >= 0, w, ": loss.z_coef must be >= 0, got ", loss.z_coef);
+  MOEKIT_CHECK(loss.z_coef >= 0 && std::isfinite(loss.z_coef), w, ": loss.z_coef must be >= 0, got ", loss.z_coef);
   MOEKIT_CHECK(loss.z_coef == 0 || model_config.moe_router_score_function == "softmax", w,
                ": loss.z_coef needs softmax router scores (the model's moe_router_score_function is '",
                model_config.moe_router_score_function, "')");
@@ -205,9 +227,6 @@ void RunConfig::validate(int world_size) const {
                ": moe.capacity_factor must be >= 0 (0: dropless), got ", moe.capacity_factor);
   MOEKIT_CHECK(std::isfinite(moe.router_bias_update_rate) && moe.router_bias_update_rate >= 0, w,
                ": moe.router_bias_update_rate must be >= 0, got ", moe.router_bias_update_rate);
-  MOEKIT_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, w,
-               ": checkpoint.every must be >= 0 and checkpoint.keep >= 1");
-  MOEKIT_CHECK(parallel.ep >= 1, w, ": parallel.ep must be >= 1, got ", parallel.ep);
   MOEKIT_CHECK(parallel.timeout >= 0 && std::isfinite(parallel.timeout), w,
                ": parallel.timeout must be >= 0 seconds (0 turns the watchdog off), got ", parallel.timeout);
   MOEKIT_CHECK(parallel.step_timeout > 0 && std::isfinite(parallel.step_timeout), w,

@@ -1,7 +1,9 @@
 #include "core/dtype.h"
 
 // GCC 12 flags the intrinsics' deliberately undefined pass-through operands (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <algorithm>

@@ -4,12 +4,15 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "core/checked.h"
 
 namespace moekit {
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    MOEKIT_CHECK(d >= 0 && !__builtin_mul_overflow(n, d, &n), "shape ", shape_str(s),
+                 d < 0 ? " has a negative dimension" : " has more elements than a 64-bit count holds");
   return n;
 }
 
@@ -49,7 +52,10 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
 }
 
 HostTensor::HostTensor(DType t, Shape s)
-    : dtype(t), shape(std::move(s)), storage(static_cast<size_t>(shape_numel(shape)) * dtype_size(t)) {}
+    : dtype(t),
+      shape(std::move(s)),
+      storage(static_cast<size_t>(checked_mul(shape_numel(shape), static_cast<int64_t>(dtype_size(t)),
+                                              "tensor of shape " + shape_str(shape)))) {}
 
 std::vector<float> HostTensor::to_f32() const {
   std::vector<float> out(static_cast<size_t>(numel()));

@@ -16,6 +16,7 @@ enum class Device : uint8_t { kCPU, kCUDA };
 
 using Shape = std::vector<int64_t>;
 
+// Product of the dimensions; a negative dimension or a product past int64 is an error.
 int64_t shape_numel(const Shape& s);
 std::string shape_str(const Shape& s);  // "[2, 3]"
 

@@ -9,8 +9,11 @@
 namespace moekit::moe {
 
 int64_t expert_capacity(int64_t tokens, int64_t topk, int64_t experts, double factor) {
-  if (factor <= 0) return -1;
-  return static_cast<int64_t>(std::ceil(factor * static_cast<double>(tokens * topk) / static_cast<double>(experts)));
+  if (!(factor > 0)) return -1;
+  // An expert receives each token at most once, so a capacity of `tokens` drops nothing; the
+  // clamp also keeps a huge factor from overflowing the conversion.
+  const double c = std::ceil(factor * static_cast<double>(tokens * topk) / static_cast<double>(experts));
+  return c >= static_cast<double>(tokens) ? tokens : static_cast<int64_t>(c);
 }
 
 std::vector<int64_t> dispatch_plan_cpu(int32_t* row_of, int32_t* token_of, const int32_t* idx, int64_t T, int64_t k,

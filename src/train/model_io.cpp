@@ -5,6 +5,8 @@
 #include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/train_checkpoint.h"
 #include "core/check.h"
+#include "core/finite.h"
+#include "train/resume_check.h"
 
 namespace moekit::train {
 
@@ -29,26 +31,17 @@ std::unique_ptr<model::Model> load_checkpoint_model(const std::string& path, int
   MOEKIT_CHECK(r.meta().contains("model_config"), dir, "/meta.json has no model_config");
   const config::ModelConfig mc =
       config::model_config_from_hf_json(r.meta()["model_config"].dump(), dir + "/meta.json");
+  // Names and shapes against the config before the model is allocated from its sizes.
+  check_checkpoint_tensors(r, mc);
   auto m = std::make_unique<model::Model>(mc);
   for (const auto& s : m->params().specs()) {
-    MOEKIT_CHECK(r.has("master", s.name), dir, ": no tensor '", s.name, "'");
-    MOEKIT_CHECK(r.shape("master", s.name) == s.shape, dir, ": tensor '", s.name, "' has shape ",
-                 shape_str(r.shape("master", s.name)), ", expected ", shape_str(s.shape));
-    r.read("master", s.name, m->params().get(s.name).w);  // a CPU model: host memory
+    float* w = m->params().get(s.name).w;
+    r.read("master", s.name, w);
+    const int64_t bad = first_non_finite(w, s.numel());
+    MOEKIT_CHECK(bad < 0, dir, ": master weights of tensor '", s.name, "': non-finite value ", w[bad < 0 ? 0 : bad],
+                 " at element ", bad);
   }
-  if (mc.moe_router_enable_expert_bias) {
-    MOEKIT_CHECK(r.meta().contains("expert_bias"), dir, "/meta.json has no expert_bias, but the model routes with ",
-                 "one (moe_router_enable_expert_bias)");
-    std::vector<std::vector<float>> bias(static_cast<size_t>(mc.num_hidden_layers));
-    try {
-      for (int64_t l = 0; l < mc.num_hidden_layers; ++l)
-        if (mc.is_sparse_layer(l))
-          bias[l] = r.meta()["expert_bias"].at(model::expert_bias_name(l)).get<std::vector<float>>();
-    } catch (const nlohmann::json::exception& e) {
-      MOEKIT_FAIL(dir, "/meta.json: expert_bias: ", e.what());
-    }
-    m->set_expert_bias(bias);
-  }
+  if (mc.moe_router_enable_expert_bias) m->set_expert_bias(read_expert_bias(r.meta(), mc, dir + "/meta.json"));
   if (step) *step = r.step();
   if (generation_config) {
     const auto it = r.meta().find("generation_config");

@@ -5,8 +5,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <optional>
 #include <sstream>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "train/plot_script.h"
 
@@ -16,6 +19,14 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+
+// One metrics line or summary.json: a few hundred bytes, three levels deep.
+ParseLimits line_limits() {
+  ParseLimits l;
+  l.max_bytes = size_t{1} << 20;
+  l.max_depth = 8;
+  return l;
+}
 
 std::vector<json> read_jsonl(const std::string& path, bool required) {
   std::vector<json> rows;
@@ -27,9 +38,9 @@ std::vector<json> read_jsonl(const std::string& path, bool required) {
   std::string line;
   for (int64_t n = 1; std::getline(f, line); ++n) {
     if (line.empty()) continue;
-    json j = json::parse(line, nullptr, false);
-    MOEKIT_CHECK(!j.is_discarded() && j.is_object(), "report: ", path, " line ", n, " is not a JSON object");
-    rows.push_back(std::move(j));
+    std::optional<json> j = try_parse_json(line, line_limits());
+    MOEKIT_CHECK(j && j->is_object(), "report: ", path, " line ", n, " is not a JSON object");
+    rows.push_back(std::move(*j));
   }
   return rows;
 }
@@ -38,6 +49,11 @@ double num(const json& j, const char* key, const std::string& where) {
   MOEKIT_CHECK(j.contains(key) && j[key].is_number(), "report: ", where, ": field '", key,
                "' is missing or not a number");
   return j[key].get<double>();
+}
+
+int64_t step_of(const json& j, const std::string& where) {
+  MOEKIT_CHECK(j.contains("step"), "report: ", where, ": field 'step' is missing");
+  return json_int(j["step"], "report: " + where, "step", 0, std::numeric_limits<int64_t>::max());
 }
 
 std::string fmt(const char* f, double v) {
@@ -62,22 +78,21 @@ RunRecord load_run(const std::string& dir) {
   r.name = fs::path(dir).lexically_normal().filename().string();
   if (r.name.empty()) r.name = fs::path(dir).lexically_normal().parent_path().filename().string();
   const std::string sp = (fs::path(dir) / "summary.json").string();
-  std::ifstream sf(sp);
-  MOEKIT_CHECK(sf.good(), "report: '", sp, "' does not exist (did the run finish?)");
-  json s = json::parse(sf, nullptr, false);
-  MOEKIT_CHECK(!s.is_discarded() && s.is_object(), "report: '", sp, "' is not valid JSON");
+  MOEKIT_CHECK(fs::exists(sp), "report: '", sp, "' does not exist (did the run finish?)");
+  const json s = load_json_file(sp, line_limits());
+  MOEKIT_CHECK(s.is_object(), "report: '", sp, "' is not a JSON object");
   r.model_type = s.value("model_type", "");
   r.params_total = num(s, "params_total", sp);
   r.params_active = num(s, "params_active", sp);
   r.flops_per_token = num(s, "train_flops_per_token", sp);
   r.wall_seconds = num(s, "wall_seconds", sp);
-  r.world = s.value("world", int64_t{1});
+  r.world = s.contains("world") ? json_int(s["world"], sp, "world", 1, int64_t{1} << 30) : 1;
 
   const std::string mp = (fs::path(dir) / "metrics.jsonl").string();
   for (const json& m : read_jsonl(mp, true)) {
     if (m.value("skipped", false)) continue;
     RunPoint p;
-    p.step = static_cast<int64_t>(num(m, "step", mp));
+    p.step = step_of(m, mp);
     p.tokens = num(m, "tokens", mp);
     p.flops = num(m, "flops", mp);
     p.wall_seconds = num(m, "wall_seconds", mp);
@@ -88,7 +103,7 @@ RunRecord load_run(const std::string& dir) {
   const std::string ep = (fs::path(dir) / "eval.jsonl").string();
   for (const json& e : read_jsonl(ep, false)) {
     RunPoint p;
-    p.step = static_cast<int64_t>(num(e, "step", ep));
+    p.step = step_of(e, ep);
     p.loss = num(e, "loss", ep);
     // The step's position comes from its metrics line.
     auto it = std::find_if(r.train.begin(), r.train.end(), [&](const RunPoint& t) { return t.step == p.step; });

@@ -25,6 +25,7 @@
 #include "checkpoint/safetensors.h"
 #include "checkpoint/train_checkpoint.h"
 #include "backend/backend.h"
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "core/device.h"
 #include "core/half.h"
@@ -32,6 +33,7 @@
 #include "data/loader.h"
 #include "data/synth.h"
 #include "model/model.h"
+#include "optim/finite.h"
 #include "optim/optim.h"
 #include "parallel/device_groups.h"
 #include "parallel/grad_sync.h"
@@ -39,6 +41,7 @@
 #include "parallel/zero1.h"
 #include "train/metrics.h"
 #include "train/model_io.h"
+#include "train/resume_check.h"
 #include "train/tfevents.h"
 
 namespace moekit::train {
@@ -83,7 +86,11 @@ void write_file_atomic(const std::string& path, const std::string& text) {
     MOEKIT_CHECK(f.good(), "cannot write '", tmp, "'");
     f << text;
     f.flush();
-    MOEKIT_CHECK(f.good(), "write to '", tmp, "' failed (disk full?)");
+    if (!f.good()) {  // no half-written temp file left behind
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      MOEKIT_FAIL("write to '", tmp, "' failed (disk full?)");
+    }
   }
   fs::rename(tmp, path);
 }
@@ -96,9 +103,9 @@ void truncate_jsonl(const std::string& path, int64_t step) {
   std::string line, kept;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
-    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) continue;  // a line torn by the crash
-    if (j.value("step", int64_t{0}) <= step) kept += line + "\n";
+    const std::optional<json> j = try_parse_json(line);
+    if (!j || !j->is_object()) continue;  // a line torn by the crash
+    if (j->value("step", int64_t{0}) <= step) kept += line + "\n";
   }
   write_file_atomic(path, kept);
 }
@@ -168,6 +175,7 @@ class Trainer {
     bool skipped = false;
   };
   void prepare_run_dir();
+  void write_resolved_config();
   void init_weights();
   void resume();
   StepResult train_step(const data::Batch& batch);
@@ -224,6 +232,7 @@ class Trainer {
   int64_t step_ = 0;  // completed steps
   int64_t tokens_ = 0;
   int64_t skipped_ = 0, consecutive_skips_ = 0;
+  int64_t nan_skipped_ = 0;  // skips of the NaN policy (not the fp16 scaler's), for max_skipped_fraction
   double wall_before_ = 0;  // wall seconds of earlier segments of this run (resume)
   Clock::time_point t_start_;
   double last_eval_ = std::numeric_limits<double>::quiet_NaN();
@@ -231,7 +240,7 @@ class Trainer {
   int64_t last_ckpt_step_ = -1;
   std::string last_ckpt_;
   std::vector<std::vector<int64_t>> expert_counts_;  // per layer, this step
-  int64_t nan_step_ = -1, kill_step_ = -1, signal_step_ = -1;
+  int64_t nan_step_ = -1, kill_step_ = -1, signal_step_ = -1, poison_step_ = -1;
 };
 
 Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
@@ -268,6 +277,7 @@ Trainer::Trainer(const config::RunConfig& cfg, parallel::ParallelContext& ctx)
   kill_step_ = env_step("MOEKIT_DEBUG_KILL_STEP");
   signal_step_ = env_step("MOEKIT_DEBUG_SIGNAL_STEP");
   generation_config_ = checkpoint::source_generation_config(run_hf_source(cfg_));
+  poison_step_ = env_step("MOEKIT_DEBUG_POISON_STEP");
 }
 
 void Trainer::prepare_run_dir() {
@@ -276,6 +286,11 @@ void Trainer::prepare_run_dir() {
   const bool has_run = fs::exists(fs::path(cfg_.run_dir) / "metrics.jsonl");
   MOEKIT_CHECK(!has_run || cfg_.resume != "none", "run_dir '", cfg_.run_dir,
                "' already holds a run (metrics.jsonl); continue it with --set resume=auto or choose another run_dir");
+}
+
+// After resume() succeeded: a failed resume must leave the run directory as it was.
+void Trainer::write_resolved_config() {
+  if (!rank0()) return;
   // The resolved config, with the optimizer section expanded to every key.
   config::RunConfig resolved = cfg_;
   resolved.optim_yaml = optim::optim_config_to_yaml(ocfg_);
@@ -371,6 +386,7 @@ json Trainer::meta_json() const {
   m["loss_scale"] = scaler_->scale();
   m["loss_scale_good_steps"] = scaler_->good_steps();
   m["skipped_steps"] = skipped_;
+  m["nan_skipped_steps"] = nan_skipped_;
   m["consecutive_skips"] = consecutive_skips_;
   m["wall_seconds"] = wall_before_ + seconds_since(t_start_);
   m["seed"] = cfg_.seed;
@@ -452,7 +468,7 @@ void Trainer::resume() {
   if (cfg_.resume == "none") return;
   // resolve_resume verifies every byte of the candidates: rank 0 does it, the others follow.
   std::string dir;
-  if (rank0()) dir = checkpoint::resolve_resume(ckpt_dir_, cfg_.resume);
+  if (rank0()) dir = checkpoint::resolve_resume(ckpt_dir_, cfg_.resume, resume_check(mc_));
   int64_t len = static_cast<int64_t>(dir.size());
   ctx_.world->broadcast(&len, 1, 0);
   dir.resize(static_cast<size_t>(len));
@@ -482,18 +498,13 @@ void Trainer::resume() {
     opt_->restore(m.at("optimizer_steps").get<int64_t>());
     if (zero_) zero_->gather_weights(model_->params().values(false), model_->params().values(true));
     model_->params().mark_values_changed();
-    if (mc_.moe_router_enable_expert_bias) {
-      std::vector<std::vector<float>> bias(static_cast<size_t>(mc_.num_hidden_layers));
-      const json& jb = m.at("expert_bias");
-      for (int64_t l = 0; l < mc_.num_hidden_layers; ++l)
-        if (mc_.is_sparse_layer(l)) bias[l] = jb.at(model::expert_bias_name(l)).get<std::vector<float>>();
-      model_->set_expert_bias(bias);
-    }
+    if (mc_.moe_router_enable_expert_bias) model_->set_expert_bias(read_expert_bias(m, mc_, dir + "/meta.json"));
     loader_->restore(data::LoaderState::from_json(m.at("loader")));
     scaler_->restore(m.at("loss_scale").get<double>(), m.at("loss_scale_good_steps").get<int64_t>());
     step_ = m.at("step").get<int64_t>();
     tokens_ = m.at("tokens").get<int64_t>();
     skipped_ = m.at("skipped_steps").get<int64_t>();
+    nan_skipped_ = m.value("nan_skipped_steps", int64_t{0});
     consecutive_skips_ = m.at("consecutive_skips").get<int64_t>();
     wall_before_ = m.at("wall_seconds").get<double>();
   } catch (const json::exception& e) {
@@ -572,6 +583,7 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
     MOEKIT_CHECK(ocfg_.nan_policy == optim::NanPolicy::kSkip, "step ", step_ + 1, ": non-finite loss (", r.loss,
                  ") or gradient norm (", r.grad_norm, "); optim.nan_policy is 'stop'");
     r.skipped = true;
+    ++nan_skipped_;
   }
   if (r.skipped) {
     ++skipped_;
@@ -588,9 +600,20 @@ Trainer::StepResult Trainer::train_step(const data::Batch& batch) {
   // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
   const double coef = optim::clip_coefficient(r.grad_norm, ocfg_.clip_grad_norm);
   if (coef < 1.0) optim::scale_grads(opt_->tensors(), static_cast<float>(coef), *be_);
+  if (step_ + 1 == poison_step_) {  // MOEKIT_DEBUG_POISON_STEP: a NaN enters the state in this update
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    be_->upload(opt_->exp_avg(0), &nan, sizeof nan);
+  }
   const int64_t bad = opt_->step(optim::lr_at(ocfg_, step_, cfg_.train.steps));
-  MOEKIT_CHECK(bad == 0, "step ", step_ + 1, ": ", bad, " weights are not finite after the optimizer update (loss ",
-               r.loss, ", gradient norm ", r.grad_norm, " were finite); stopping before they are checkpointed");
+  if (bad > 0) {
+    // A NaN that reached the weights or the optimizer state cannot be skipped away (every later
+    // step would be skipped and the broken state checkpointed): stop, naming the tensor.
+    const std::string when = "step " + std::to_string(step_ + 1);
+    optim::check_finite_state(*opt_, when);
+    optim::check_finite_weights(all_refs_, when, *be_);
+    MOEKIT_FAIL(when, ": ", bad, " weights are not finite after the optimizer update (loss ", r.loss,
+                ", gradient norm ", r.grad_norm, " were finite); stopping before they are checkpointed");
+  }
   if (zero_) {
     zero_->gather_weights(model_->params().values(false), model_->params().values(true));
     model_->params().mark_values_changed();
@@ -736,6 +759,7 @@ TrainSummary Trainer::run() {
   prepare_run_dir();  // after the data checks: a bad dataset leaves no run directory behind
   init_weights();
   resume();
+  write_resolved_config();
 
   const std::string run = cfg_.run_dir;
   const bool append = step_ > 0;
@@ -825,6 +849,7 @@ TrainSummary Trainer::run() {
          {"last_checkpoint", sum.last_checkpoint}};
   if (rank0()) write_file_atomic(run + "/summary.json", s.dump(2) + "\n");
   if (sum.interrupted) sum.stop_signal = g_signal.exchange(0);
+  else optim::check_skipped_fraction(ocfg_, nan_skipped_, step_);  // after the logs and the checkpoint
   return sum;
 }
 

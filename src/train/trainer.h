@@ -37,6 +37,8 @@ struct TrainSummary {
 //   MOEKIT_DEBUG_NAN_STEP=K   the loss of step K is replaced by NaN (exercises the NaN policy)
 //   MOEKIT_DEBUG_KILL_STEP=K  the process SIGKILLs itself after step K's update (crash test)
 //   MOEKIT_DEBUG_SIGNAL_STEP=K  raises SIGTERM after step K (preemption test)
+//   MOEKIT_DEBUG_POISON_STEP=K  a NaN enters the optimizer state in step K's update (the state check)
+//   MOEKIT_DEBUG_FAULT=point[:enospc]  a kill or a full disk inside the checkpoint commit (core/fault.h)
 // Distributed runs (docs/PARALLEL.md): every rank of `ctx` calls it with the same config. Each
 // rank trains on its slice of every global batch with its experts (ctx.topo); gradients are
 // synchronised (dense over all ranks, experts over the edp group), rank 0 writes the logs, and

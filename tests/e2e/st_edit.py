@@ -6,6 +6,7 @@
   st_edit.py reshape FILE NAME DIMS   rewrite FILE with NAME's shape set to DIMS (e.g. 4,8); bytes kept
   st_edit.py truncate FILE N          cut N bytes off the end
   st_edit.py shape FILE NAME          print NAME's dtype and shape
+  st_edit.py fill FILE NAME VALUE     set every element of a float tensor to VALUE (nan, 3e38, ...)
 """
 import json
 import struct
@@ -63,6 +64,14 @@ def main():
             if name == sys.argv[3]:
                 meta = dict(meta, shape=dims)
             ts.append((name, meta, blob))
+        write(path, header, ts)
+    elif cmd == "fill":
+        # One element in the tensor's own dtype: f32 as is, bf16 its top half, f16 by struct's 'e'.
+        x = float(sys.argv[4])
+        dtype = header[sys.argv[3]]["dtype"]
+        one = {"F32": lambda: struct.pack("<f", x), "BF16": lambda: struct.pack("<f", x)[2:],
+               "F16": lambda: struct.pack("<e", x)}[dtype]()
+        ts = [(n, m, one * (len(b) // len(one)) if n == sys.argv[3] else b) for n, m, b in entries(header, body)]
         write(path, header, ts)
     elif cmd == "truncate":
         with open(path, "r+b") as f:

@@ -383,6 +383,18 @@ TEST(Moe, GroupedExpertsMatchSequentialOracle) {
   }
 }
 
+// ceil(factor * T * k / E), dropless for a factor <= 0 or NaN, and never above T: an expert sees
+// each token at most once, and a huge factor must not overflow the conversion.
+TEST(Moe, ExpertCapacityFormulaAndBounds) {
+  EXPECT_EQ(moe::expert_capacity(30, 4, 8, 1.0), 15);
+  EXPECT_EQ(moe::expert_capacity(30, 4, 8, 1.25), 19);  // ceil(18.75)
+  EXPECT_EQ(moe::expert_capacity(30, 4, 8, 0.0), -1);
+  EXPECT_EQ(moe::expert_capacity(30, 4, 8, -2.0), -1);
+  EXPECT_EQ(moe::expert_capacity(30, 4, 8, std::nan("")), -1);
+  EXPECT_EQ(moe::expert_capacity(30, 4, 8, 2.0), 30);   // 30 = T, not 30.0 rounded from above
+  EXPECT_EQ(moe::expert_capacity(30, 4, 8, 1e300), 30);
+}
+
 // The MoE block with a capacity factor against the oracle: routed output only (no shared
 // expert), the capacity ceil(factor * T * k / E) applied to this forward's pairs.
 TEST(Moe, CapacityFactorDropsPairsAsTheOracle) {

@@ -2,14 +2,17 @@
 // Qwen1.5, anchors A6), HF config.json parsing (qwen2, qwen2_moe, Qwen v1), the config.json
 // round trip, every validate() rule, YAML / --set error messages and sparse-layer placement.
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "config/model_config.h"
+#include "config/run_config.h"
 #include "core/check.h"
 #include "test_util.h"
 
@@ -293,6 +296,40 @@ TEST(ModelConfig, HfJsonErrors) {
   MOEKIT_EXPECT_ERROR_HAS(model_config_from_hf_json(R"({"model_type": "qwen2", "vocab_size": 10,
     "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 3,
     "intermediate_size": 8})", "x.json"), "x.json", "num_attention_heads");
+}
+
+// Sizes from a config are bounded before anything loops over them or multiplies them (issue 14:
+// 2^32 layers hung eval and cost; 2^58 vocab overflowed the parameter count; 2^62 head_dim
+// crashed init). Each error names the field, the value and the range; a huge model whose fields
+// are each within range is refused by the parameter-count bound.
+TEST(ModelConfig, SizesAreBoundedBeforeUse) {
+  // A small dense config.json with the given fields set to raw JSON value texts.
+  auto with = [](std::map<std::string, std::string> fields) {
+    std::map<std::string, std::string> f = {{"model_type", "\"qwen2\""}, {"vocab_size", "512"}, {"hidden_size", "64"},
+                                            {"intermediate_size", "128"}, {"num_hidden_layers", "2"},
+                                            {"num_attention_heads", "4"}};
+    for (const auto& [k, v] : fields) f[k] = v;
+    std::string text = "{";
+    for (const auto& [k, v] : f) text += (text.size() > 1 ? ", \"" : "\"") + k + "\": " + v;
+    return model_config_from_hf_json(text + "}", "c.json");
+  };
+  EXPECT_EQ(with({}).num_hidden_layers, 2);
+  MOEKIT_EXPECT_ERROR_HAS(with({{"num_hidden_layers", "4294967296"}}), "c.json",
+                          "num_hidden_layers (4294967296) is out of range [1, 4096]");
+  MOEKIT_EXPECT_ERROR_HAS(with({{"vocab_size", "288230376151711744"}}), "c.json", "vocab_size (288230376151711744)");
+  MOEKIT_EXPECT_ERROR_HAS(with({{"head_dim", "4611686018427387904"}}), "head_dim");
+  MOEKIT_EXPECT_ERROR_HAS(with({{"hidden_size", "18446744073709551615"}}), "c.json",
+                          "hidden_size = 18446744073709551615 is out of range");
+  MOEKIT_EXPECT_ERROR_HAS(with({{"hidden_size", "1e400"}}), "c.json", "1e400", "at key 'hidden_size'");
+  MOEKIT_EXPECT_ERROR_HAS(with({{"rope_theta", "1e400"}}), "c.json", "1e400", "at key 'rope_theta'");
+  MOEKIT_EXPECT_ERROR_HAS(with({{"intermediate_size", "128, \"intermediate_size\": 64"}}), "c.json",
+                          "duplicate key 'intermediate_size'");
+  // Every field in range, but 4096 layers of 2^20-wide MLPs x 2^18 hidden: about 3e18 parameters.
+  MOEKIT_EXPECT_ERROR_HAS(with({{"hidden_size", "262144"}, {"num_attention_heads", "4096"},
+                                {"intermediate_size", "1048576"}, {"num_hidden_layers", "4096"}}),
+                          "c.json", "more than moekit's limit of 17592186044416");
+  MOEKIT_EXPECT_ERROR_HAS(from_yaml_text("model_type: qwen2\nvocab_size: 16777217\n", "m.yaml"), "m.yaml",
+                          "vocab_size (16777217)");
 }
 
 const char* kQwenV1Json = R"({
@@ -591,6 +628,31 @@ TEST(ModelConfig, SetOverridesFieldsWithTypeChecks) {
   MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "mlp_only_layers", "[1,a]"), "mlp_only_layers", "[1,a]");
   MOEKIT_EXPECT_ERROR_HAS(model_config_set(&c, "mlp_only_layers", "1,"), "mlp_only_layers");
   EXPECT_EQ(c.hidden_size, 128);  // failed overrides leave the field alone
+}
+
+// Run configs: counts bounded (errors name the key and the file), checkpoint.keep 0 accepted (it
+// keeps every checkpoint, as docs/CHECKPOINTS.md says), duplicate keys refused at any depth, a
+// --set value parsed with the same bounds as a file.
+TEST(RunConfig, BoundsKeepZeroAndDuplicates) {
+  const std::string src = MOEKIT_SOURCE_DIR;
+  // The tiny run config with `sets` applied (its model path made absolute: tests run elsewhere).
+  auto load = [&](std::vector<std::string> sets) {
+    sets.insert(sets.begin(), "model=" + src + "/configs/models/tiny-dense.yaml");
+    return load_run_config(src + "/configs/train/tiny-dense.yaml", sets);
+  };
+  EXPECT_EQ(load({"checkpoint.keep=0"}).checkpoint.keep, 0);
+  MOEKIT_EXPECT_ERROR_HAS(load({"checkpoint.keep=-1"}), "tiny-dense.yaml", "checkpoint.keep must be in [0, ");
+  MOEKIT_EXPECT_ERROR_HAS(load({"train.steps=2000000000000"}), "train.steps must be in [1, 1099511627776]");
+  MOEKIT_EXPECT_ERROR_HAS(load({"train.micro_batch_size=4294967296"}), "train.micro_batch_size");
+  MOEKIT_EXPECT_ERROR_HAS(load({"train.global_batch_size=1073741824", "train.micro_batch_size=1",
+                                "train.steps=1099511627776"}),
+                          "tokens of the run", "overflows");
+  MOEKIT_EXPECT_ERROR_HAS(load({"seed=" + std::string(100, '[') + std::string(100, ']')}), "--set seed=", "nests deeper");
+  const fs::path dup = fs::temp_directory_path() / ("moekit_dup_" + std::to_string(::getpid()) + ".yaml");
+  std::ofstream(dup) << "model: m.yaml\ntrain:\n  steps: 3\n  seq_len: 16\n  steps: 4\n";
+  MOEKIT_EXPECT_ERROR_HAS(load_run_config(dup.string()), dup.c_str(), "line 5", "duplicate key 'steps'",
+                          "at key 'train.steps'");
+  fs::remove(dup);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "checkpoint/safetensors.h"
 #include "core/half.h"
 #include "optim/adamw_math.h"
+#include "optim/finite.h"
 #include "optim/optim.h"
 #include "test_util.h"
 
@@ -597,6 +598,7 @@ loss_scale_window: 1000
 loss_scale_min: 1.0
 nan_policy: skip
 max_skipped_steps: 100
+max_skipped_fraction: 0.1
 )");
   const std::string want = optim_config_to_yaml(documented);
   for (const OptimConfig& c : {OptimConfig(), from_text("{}"), from_text("~"), optim_config_from_yaml(YAML::Node(), "x")}) {
@@ -627,6 +629,7 @@ loss_scale_window: 50
 loss_scale_min: 2
 nan_policy: stop
 max_skipped_steps: 7
+max_skipped_fraction: 0.25
 )");
   EXPECT_EQ(c.lr, 1.5e-3);
   EXPECT_EQ(c.min_lr, 1e-5);
@@ -648,11 +651,12 @@ max_skipped_steps: 7
   EXPECT_EQ(c.loss_scale_min, 2);
   EXPECT_EQ(c.nan_policy, NanPolicy::kStop);
   EXPECT_EQ(c.max_skipped_steps, 7);
+  EXPECT_EQ(c.max_skipped_fraction, 0.25);
   // The dump lists every key with its value and parses back to the same config (compared through
   // a second dump); so does the default config.
   const std::string text = optim_config_to_yaml(c);
   const YAML::Node dumped = YAML::Load(text);
-  EXPECT_EQ(dumped.size(), 20u) << text;
+  EXPECT_EQ(dumped.size(), 21u) << text;
   EXPECT_EQ(dumped["lr"].as<double>(), 1.5e-3);
   EXPECT_EQ(dumped["schedule"].as<std::string>(), "wsd");
   EXPECT_EQ(dumped["precision"].as<std::string>(), "fp16");
@@ -701,6 +705,9 @@ TEST(OptimConfigTest, InvalidValuesNameKeyValueAndFile) {
   MOEKIT_EXPECT_ERROR_HAS(from_text("loss_scale_window: 0"), "optim.loss_scale_window");
   MOEKIT_EXPECT_ERROR_HAS(from_text("loss_scale_min: 100000"), "optim.loss_scale_min", "65536");
   MOEKIT_EXPECT_ERROR_HAS(from_text("max_skipped_steps: -1"), "optim.max_skipped_steps");
+  MOEKIT_EXPECT_ERROR_HAS(from_text("max_skipped_fraction: 1.5"), "optim.max_skipped_fraction", "1.5");
+  MOEKIT_EXPECT_ERROR_HAS(from_text("max_skipped_fraction: -0.1"), "optim.max_skipped_fraction");
+  MOEKIT_EXPECT_ERROR_HAS(from_text("lr: 1e400"), "run.yaml", "'optim.lr'", "1e400");
   // Accepted edge values.
   EXPECT_EQ(from_text("clip_grad_norm: 0").clip_grad_norm, 0.0);
   EXPECT_EQ(from_text("beta1: 0").beta1, 0.0);
@@ -712,6 +719,47 @@ TEST(OptimConfigTest, InvalidValuesNameKeyValueAndFile) {
   Params p;
   p.add("w", {1});
   MOEKIT_EXPECT_ERROR_HAS((void)AdamW(bad, p.refs()), "optim.beta2");
+}
+
+// The NaN policy's state checks (optim/finite.h): a non-finite weight, master or moment is named
+// with its tensor and element; the skipped-step bound compares the fraction with the key.
+TEST(OptimFinite, NonFiniteStateIsNamed) {
+  for (Precision prec : {Precision::kFp32, Precision::kBf16}) {
+    OptimConfig c;
+    c.precision = prec;
+    Params p;
+    p.add("a", std::vector<float>(4, 0.1f));
+    p.add("b", std::vector<float>(15, 0.2f));
+    AdamW opt(c, p.refs());
+    check_finite_weights(p.refs(), "step 1");
+    check_finite_state(opt, "step 1");
+    opt.exp_avg_sq(1)[7] = std::numeric_limits<float>::infinity();
+    MOEKIT_EXPECT_ERROR_HAS(check_finite_state(opt, "step 3"), "step 3", "exp_avg_sq of tensor 'b'", "element 7 of 15");
+    opt.exp_avg_sq(1)[7] = 0;
+    opt.exp_avg(0)[2] = std::numeric_limits<float>::quiet_NaN();
+    opt.exp_avg(1)[0] = std::numeric_limits<float>::quiet_NaN();  // the first in order is reported
+    MOEKIT_EXPECT_ERROR_HAS(check_finite_state(opt, "step 4"), "exp_avg of tensor 'a'", "element 2 of 4");
+    opt.exp_avg(0)[2] = opt.exp_avg(1)[0] = 0;
+    if (prec == Precision::kBf16) {
+      opt.master(0)[1] = -std::numeric_limits<float>::infinity();
+      MOEKIT_EXPECT_ERROR_HAS(check_finite_state(opt, "step 5"), "master weights of tensor 'a'", "element 1");
+      opt.master(0)[1] = 0;
+    }
+    p.refs()[1].w[14] = std::numeric_limits<float>::quiet_NaN();
+    MOEKIT_EXPECT_ERROR_HAS(check_finite_weights(p.refs(), "init_from x"), "init_from x", "weights of tensor 'b'",
+                            "element 14 of 15");
+  }
+}
+
+TEST(OptimFinite, SkippedFractionBound) {
+  OptimConfig c;  // max_skipped_fraction 0.1
+  check_skipped_fraction(c, 0, 0);
+  check_skipped_fraction(c, 1, 10);
+  MOEKIT_EXPECT_ERROR_HAS(check_skipped_fraction(c, 19, 20), "19 of 20 steps (0.95)", "optim.max_skipped_fraction 0.1");
+  c.max_skipped_fraction = 1.0;
+  check_skipped_fraction(c, 20, 20);
+  c.max_skipped_fraction = 0.0;
+  MOEKIT_EXPECT_ERROR_HAS(check_skipped_fraction(c, 1, 1000), "1 of 1000 steps");
 }
 
 }  // namespace

@@ -3,9 +3,13 @@
 // disk can be damaged (flipped data byte, missing meta, truncated file, wrong dtype), each of
 // which must give an error naming the place, and make auto-resume fall back.
 #include <hdf5.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -14,8 +18,12 @@
 #include <map>
 #include <sstream>
 
+#include "checkpoint/manifest.h"
 #include "checkpoint/train_checkpoint.h"
 #include "core/check.h"
+#include "core/crc32c.h"
+#include "model/model.h"
+#include "train/resume_check.h"
 #include "test_util.h"
 
 namespace moekit::checkpoint {
@@ -128,8 +136,90 @@ class TrainCheckpoint : public ::testing::Test {
     ASSERT_TRUE(io.good());
   }
 
+  // What someone who edits a checkpoint and fixes up its manifest would do: the checks behind
+  // the manifest must then still refuse the edit.
+  static void reseal(const std::string& step_dir) { reseal_step_dir(step_dir); }
+
   std::string dir_;
 };
+
+// Runs fn in a child process and returns how far its peak RSS rose above this process's RSS
+// at the fork (KiB), and whether fn threw moekit::Error (exit 1) or returned (exit 0).
+struct ChildResult {
+  long rss_rise_kib = 0;
+  int exit_code = -1;  // -1: killed by a signal
+};
+ChildResult run_in_child(const std::function<void()>& fn) {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  const long base_kib = resident * (sysconf(_SC_PAGESIZE) / 1024);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int code = 0;
+    try {
+      fn();
+    } catch (const Error&) {
+      code = 1;
+    } catch (...) {
+      code = 2;
+    }
+    std::exit(code);  // exit(), not _exit(): the library's atexit handlers (HDF5's) run
+  }
+  int status = 0;
+  struct rusage ru {};
+  wait4(pid, &status, 0, &ru);
+  ChildResult r;
+  r.rss_rise_kib = ru.ru_maxrss - base_kib;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// An int32 attribute `attr` on the object at `path` of file f (what another tool might add).
+void add_int_attr(hid_t f, const char* path, const char* attr) {
+  hid_t obj = H5Oopen(f, path, H5P_DEFAULT);
+  hid_t sp = H5Screate(H5S_SCALAR);
+  H5Aclose(H5Acreate2(obj, attr, H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT));
+  H5Sclose(sp);
+  H5Oclose(obj);
+}
+
+// A 2-element f32 dataset at `path` with moekit's crc32c attribute, its creation properties set
+// by `layout` (chunked, external storage: what moekit never writes).
+void add_f32_dataset(hid_t f, const char* path, const std::function<void(hid_t)>& layout) {
+  const hsize_t two = 2;
+  const float v[2] = {1, 2};
+  const uint32_t crc = crc32c(v, sizeof v);
+  hid_t sp = H5Screate_simple(1, &two, nullptr), dcpl = H5Pcreate(H5P_DATASET_CREATE), asp = H5Screate(H5S_SCALAR);
+  layout(dcpl);
+  hid_t d = H5Dcreate2(f, path, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+  hid_t a = H5Acreate2(d, "crc32c", H5T_STD_U32LE, asp, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, H5T_NATIVE_UINT32, &crc);
+  H5Aclose(a);
+  H5Dclose(d);
+  H5Sclose(asp);
+  H5Pclose(dcpl);
+  H5Sclose(sp);
+}
+
+// Offset of the first occurrence of `needle` in the file (npos when absent).
+size_t find_bytes(const std::string& file, const std::string& needle) { return read_text(file).find(needle); }
+
+std::string u64_bytes(std::initializer_list<uint64_t> v) {
+  std::string out;
+  for (uint64_t x : v) out.append(reinterpret_cast<const char*>(&x), 8);
+  return out;
+}
+
+void patch_file(const std::string& file, size_t off, const std::string& bytes) {
+  std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+  io.seekp(static_cast<std::streamoff>(off));
+  io.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(io.good());
+}
 
 TEST_F(TrainCheckpoint, RoundTripIsBitExact) {
   const auto t = make_tensors(7);
@@ -162,7 +252,7 @@ TEST_F(TrainCheckpoint, RoundTripIsBitExact) {
   r.read("master", "model.embed_tokens.weight", rows.data(), 5, 3);
   EXPECT_TRUE(bits_equal(rows, std::vector<float>(emb.data.begin() + 5 * 8, emb.data.begin() + 8 * 8)));
   expect_error([&] { r.read("master", "model.embed_tokens.weight", rows.data(), 14, 3); },
-               {"/master/model.embed_tokens.weight", "rows [14, 17)"});
+               {"/master/model.embed_tokens.weight", "rows [14, 14 + 3)"});
 }
 
 TEST_F(TrainCheckpoint, MetaAndConfigRoundTrip) {
@@ -295,6 +385,10 @@ TEST_F(TrainCheckpoint, FlippedDataByteIsACrcErrorNamingTheDataset) {
   save(1, t);
   save(2, t);
   corrupt_dataset(rank_path(2), "/exp_avg/model.layers.0.mlp.experts.3.down_proj.weight");
+  // The manifest's whole-file checksum catches it before HDF5 reads the file...
+  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {rank_path(2), "does not match the checkpoint's manifest"});
+  // ...and behind it, with the manifest re-made, each dataset's own checksum.
+  reseal(step_path(2));
   TrainCheckpointReader r(step_path(2));  // structure is intact: opening succeeds
   std::vector<float> out(48);
   for (const auto& fn : std::vector<std::function<void()>>{
@@ -333,13 +427,17 @@ TEST_F(TrainCheckpoint, ExplicitResumePaths) {
   EXPECT_EQ(resolve_resume(dir_, "step_00000004"), step_path(4));  // a name inside ckpt_dir
   expect_error([&] { resolve_resume(dir_, dir_ + "/step_00000099"); }, {"step_00000099"});
   fs::create_directories(fs::path(dir_) / "not_a_ckpt");
-  expect_error([&] { resolve_resume(dir_, dir_ + "/not_a_ckpt"); }, {"not_a_ckpt", "meta.json"});
+  expect_error([&] { resolve_resume(dir_, dir_ + "/not_a_ckpt"); }, {"not_a_ckpt", "manifest.json", "missing"});
 }
 
 TEST_F(TrainCheckpoint, MetaFieldsAreValidated) {
   save(3, make_tensors(8));
   const fs::path meta = fs::path(step_path(3)) / "meta.json";
-  auto rewrite = [&](const std::string& text) { std::ofstream(meta, std::ios::trunc) << text; };
+  // Each edit passes the manifest (re-made around it) and must fail on its own merits.
+  auto rewrite = [&](const std::string& text) {
+    std::ofstream(meta, std::ios::trunc) << text;
+    reseal(step_path(3));
+  };
   rewrite(R"({"step": "3", "files": ["rank_00000.h5"]})");
   expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {meta.string(), "'step'"});
   rewrite(R"({"step": 3})");
@@ -347,9 +445,15 @@ TEST_F(TrainCheckpoint, MetaFieldsAreValidated) {
   rewrite(R"({"step": 3, "files": ["../rank_00000.h5"]})");
   expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {meta.string(), "invalid file name"});
   rewrite(R"({"step": 3, "files": ["rank_00007.h5"]})");
-  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {"rank_00007.h5", "missing"});
+  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {"rank_00007.h5", "manifest does not"});
+  rewrite(R"({"step": 3, "files": ["rank_00000.h5"], "world_size": 2})");
+  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {meta.string(), "world_size 2"});
+  rewrite(R"({"step": 3, "files": ["rank_00000.h5"], "x": )" + std::string(100000, '[') + std::string(100000, ']') + "}");
+  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {meta.string(), "nests deeper"});
+  rewrite(R"({"step": 3, "step": 3, "files": ["rank_00000.h5"]})");
+  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {meta.string(), "duplicate key 'step'"});
   rewrite(R"({"step": 4, "files": ["rank_00000.h5"]})");
-  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {meta.string(), "directory name"});
+  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {meta.string(), "step 4 disagrees"});
   rewrite(R"({"step": 3, "files": ["rank_00000.h5"]}  trailing)");
   expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {meta.string(), "not valid JSON"});
 }
@@ -360,8 +464,10 @@ TEST_F(TrainCheckpoint, TruncatedFileFailsCleanly) {
   save(2, t);
   const std::string f = rank_path(2);
   fs::resize_file(f, fs::file_size(f) / 2);
-  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {f, "HDF5"});
+  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {f, "the manifest says"});
   EXPECT_EQ(resolve_resume(dir_, "auto"), step_path(1));
+  reseal(step_path(2));  // HDF5 itself refuses the truncated file, too
+  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {f, "HDF5"});
 }
 
 TEST_F(TrainCheckpoint, NonF32DatasetIsRefused) {
@@ -375,6 +481,7 @@ TEST_F(TrainCheckpoint, NonF32DatasetIsRefused) {
   H5Dclose(d);
   H5Sclose(space);
   H5Fclose(f);
+  reseal(step_path(1));
   expect_error([&] { TrainCheckpointReader r(step_path(1)); }, {rank_path(1), "/master/as_f64", "f32"});
 }
 
@@ -433,11 +540,241 @@ TEST_F(TrainCheckpoint, WriterMisuseIsAnError) {
   expect_error([&] { w.write("master", "c", {2, 3}, v.data(), 1); }, {"/master/c", "full_rows"});
   w.close();
   expect_error([&] { w.write("master", "d", {1}, v.data()); }, {"write after close"});
-  expect_error([&] { commit_checkpoint(dir_, 1, {{"world_size", 2}}, "", 0); }, {"world_size 2", "1 rank file"});
   expect_error([&] { commit_checkpoint(dir_, 5, {}, "", 0); }, {"step_00000005.tmp", "does not exist"});
+  // A refused commit publishes nothing and removes the step's temp directory.
+  expect_error([&] { commit_checkpoint(dir_, 1, {{"world_size", 2}}, "", 0); }, {"world_size 2", "1 rank file"});
+  EXPECT_FALSE(fs::exists(fs::path(dir_) / "step_00000001.tmp"));
+  EXPECT_TRUE(list_checkpoints(dir_).empty());
+  TrainCheckpointWriter w2(dir_, 1);
+  w2.write("master", "a.b", {2, 3}, v.data());
+  w2.close();
   commit_checkpoint(dir_, 1, {{"world_size", 1}}, "", 0);
   EXPECT_EQ(resolve_resume(dir_, "auto"), step_path(1));
 }
 
+
+// meta.json and config.resolved.yaml are covered like the rank files: an edit that changes the
+// resumed run (the loader's epoch) is refused, and auto-resume falls back past it, saying why.
+TEST_F(TrainCheckpoint, ManifestCoversEveryFileOfTheStep) {
+  const auto t = make_tensors(20);
+  save(1, t, 0, {{"loader", {{"epoch", 0}}}});
+  save(2, t, 0, {{"loader", {{"epoch", 0}}}});
+  const fs::path meta = fs::path(step_path(2)) / "meta.json";
+  std::string text = read_text(meta);
+  const size_t at = text.find("\"epoch\": 0");
+  ASSERT_NE(at, std::string::npos) << text;
+  text[at + 9] = '5';
+  std::ofstream(meta, std::ios::trunc) << text;
+  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {meta.string(), "does not match the checkpoint's manifest"});
+  EXPECT_EQ(resolve_resume(dir_, "auto"), step_path(1));
+  save(3, t);
+  std::ofstream(fs::path(step_path(3)) / "config.resolved.yaml", std::ios::app) << "seed: 2\n";
+  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {"config.resolved.yaml", "the manifest says"});
+  save(4, t);
+  std::ofstream(fs::path(step_path(4)) / "rank_00001.h5") << "x";
+  expect_error([&] { TrainCheckpointReader r(step_path(4)); }, {"rank_00001.h5", "not listed in the checkpoint's manifest"});
+  save(5, t);
+  fs::remove(fs::path(step_path(5)) / "config.resolved.yaml");
+  expect_error([&] { TrainCheckpointReader r(step_path(5)); }, {"config.resolved.yaml", "missing"});
+  save(6, t);
+  fs::remove(fs::path(step_path(6)) / kManifestName);
+  expect_error([&] { TrainCheckpointReader r(step_path(6)); }, {"manifest.json", "missing"});
+  save(7, t);
+  std::ofstream(fs::path(step_path(7)) / kManifestName, std::ios::trunc) << R"({"format": "moekit-train-checkpoint", "version": 1, "step": 7, "step": 7})";
+  expect_error([&] { TrainCheckpointReader r(step_path(7)); }, {"manifest.json", "duplicate key 'step'"});
+  EXPECT_EQ(resolve_resume(dir_, "auto"), step_path(1));
+}
+
+// A rank file copied in from another step (same tensors, same shapes, checksums intact) was
+// accepted by resume and export; it is refused by the manifest and, behind it, by the step the
+// writer stamped into the file.
+TEST_F(TrainCheckpoint, RankFileFromAnotherStepIsRefused) {
+  const auto t = make_tensors(21);
+  save(1, t);
+  save(2, t);
+  fs::copy_file(rank_path(1), rank_path(2), fs::copy_options::overwrite_existing);
+  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {rank_path(2), "manifest"});
+  reseal(step_path(2));
+  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {rank_path(2), "written for step 1, not 2"});
+  EXPECT_EQ(resolve_resume(dir_, "auto"), step_path(1));
+  // The same for a file renamed to another rank's name.
+  {
+    TrainCheckpointWriter w0(dir_, 3, 0), w1(dir_, 3, 1, false);
+    w0.write("master", "a", {2}, std::vector<float>{1, 2}.data());
+    w1.write("master", "b", {2}, std::vector<float>{3, 4}.data());
+    w0.close();
+    w1.close();
+    commit_checkpoint(dir_, 3, {}, "", 0);
+  }
+  fs::rename(rank_path(3, 1), fs::path(step_path(3)) / "rank_00002.h5");
+  std::string meta = read_text(fs::path(step_path(3)) / "meta.json");
+  meta.replace(meta.find("rank_00001.h5"), 13, "rank_00002.h5");
+  std::ofstream(fs::path(step_path(3)) / "meta.json", std::ios::trunc) << meta;
+  reseal(step_path(3));
+  expect_error([&] { TrainCheckpointReader r(step_path(3)); }, {"rank_00002.h5", "written by rank 1"});
+}
+
+// What the writer never produces is refused, even with a manifest made to match: soft and
+// external links, objects other than groups of datasets, foreign attributes, chunked or
+// external storage.
+TEST_F(TrainCheckpoint, LinksAndForeignObjectsAreRefused) {
+  const auto t = make_tensors(22);
+  struct Case {
+    const char* what;
+    std::function<void(hid_t)> edit;
+    std::vector<std::string> error;
+  };
+  const std::vector<Case> cases = {
+      {"soft link", [](hid_t f) { H5Lcreate_soft("/master/lm_scale", f, "/master/alias", H5P_DEFAULT, H5P_DEFAULT); },
+       {"alias", "soft link"}},
+      {"external link",
+       [](hid_t f) { H5Lcreate_external("/etc/other.h5", "/x", f, "/master/ext", H5P_DEFAULT, H5P_DEFAULT); },
+       {"ext", "external link"}},
+      {"extra group attribute", [](hid_t f) { add_int_attr(f, "master", "note"); },
+       {"group /master", "unexpected attribute 'note'"}},
+      {"extra dataset attribute", [](hid_t f) { add_int_attr(f, "/master/lm_scale", "units"); },
+       {"/master/lm_scale", "unexpected attribute 'units'"}},
+      {"named datatype",
+       [](hid_t f) {
+         hid_t ty = H5Tcopy(H5T_NATIVE_INT);
+         H5Tcommit2(f, "/master/type", ty, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+         H5Tclose(ty);
+       },
+       {"/master/type", "expected a dataset"}},
+      {"chunked dataset",
+       [](hid_t f) {
+         add_f32_dataset(f, "/master/chunked", [](hid_t dcpl) {
+           const hsize_t two = 2;
+           H5Pset_chunk(dcpl, 1, &two);
+         });
+       },
+       {"/master/chunked", "not contiguous"}},
+      {"external storage",
+       [](hid_t f) {
+         add_f32_dataset(f, "/master/outside", [](hid_t dcpl) { H5Pset_external(dcpl, "/etc/passwd", 0, 8); });
+       },
+       {"/master/outside", "external files"}},
+      {"extra root attribute", [](hid_t f) { add_int_attr(f, "/", "world"); }, {"unexpected attribute 'world'"}},
+  };
+  int64_t step = 1;
+  for (const Case& c : cases) {
+    save(step, t);
+    const std::string file = rank_path(step);
+    hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(f, 0) << c.what;
+    c.edit(f);
+    H5Fclose(f);
+    reseal(step_path(step));
+    std::vector<std::string> want = c.error;
+    want.push_back(file);
+    expect_error([&] { TrainCheckpointReader r(step_path(step)); }, want);
+    ++step;
+  }
+}
+
+// One flipped bit in a tensor's stored shape once made verification allocate the new size
+// (2.28 GB, or a bare std::bad_alloc): the storage check refuses it when the file is opened,
+// before anything is sized from it.
+TEST_F(TrainCheckpoint, FlippedShapeBitIsRefusedWithoutAllocating) {
+  const auto t = make_tensors(23);
+  save(1, t);
+  save(2, t);
+  const std::string file = rank_path(2);
+  // model.embed_tokens.weight is (16, 8): its dataspace stores the two dims as 8-byte integers.
+  const size_t at = find_bytes(file, u64_bytes({16, 8}));
+  ASSERT_NE(at, std::string::npos);
+  patch_file(file, at, u64_bytes({16 | (uint64_t{1} << 30), 8}));  // 2^33 floats: 32 GiB
+  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {file, "manifest"});
+  reseal(step_path(2));
+  expect_error([&] { TrainCheckpointReader r(step_path(2)); }, {file, "stores 512 bytes, but its shape needs"});
+  const ChildResult child = run_in_child([&] {
+    TrainCheckpointReader r(step_path(2));
+    r.verify_all();
+  });
+  EXPECT_EQ(child.exit_code, 1);  // a moekit::Error, not std::bad_alloc (2) or a crash (-1)
+  EXPECT_LT(child.rss_rise_kib, 64 * 1024) << "peak RSS rose by " << child.rss_rise_kib << " KiB";
+  EXPECT_EQ(resolve_resume(dir_, "auto"), step_path(1));
+}
+
+// A full disk (here a file-size limit, EFBIG) in the middle of writing a rank file: a clear
+// error naming the file, no crash at exit (HDF5's exit handler once crashed in H5F__close_cb on
+// the file whose close had failed), HDF5 still usable for the next checkpoint, the committed
+// checkpoints untouched.
+TEST_F(TrainCheckpoint, DiskFullWhileWritingFailsCleanly) {
+  const auto t = make_tensors(24);
+  save(1, t);
+  const std::vector<float> big(1 << 20, 0.5f);  // 4 MiB against a 1 MiB limit
+  const ChildResult child = run_in_child([&] {
+    std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim {1 << 20, 1 << 20};
+    setrlimit(RLIMIT_FSIZE, &lim);
+    bool threw = false;
+    try {
+      TrainCheckpointWriter w(dir_, 2);
+      w.write("master", "big", {1 << 20}, big.data());
+      w.close();
+      commit_checkpoint(dir_, 2, {}, "", 0);
+    } catch (const Error& e) {
+      threw = std::string(e.what()).find("step_00000002.tmp/rank_00000.h5") != std::string::npos;
+    }
+    if (!threw) std::exit(3);
+    try {  // a small checkpoint still fits under the limit and commits
+      TrainCheckpointWriter w(dir_, 3);
+      w.write("master", "small", {4}, big.data());
+      w.close();
+      commit_checkpoint(dir_, 3, {}, "", 0);
+    } catch (const Error&) {
+      std::exit(5);
+    }
+    throw Error("disk full, handled");  // exit 1, through exit() and its handlers
+  });
+  EXPECT_EQ(child.exit_code, 1) << "3: no error naming the file, 5: the next checkpoint failed, -1: crashed";
+  EXPECT_EQ(read_text(fs::path(dir_) / "latest"), "step_00000003\n");
+  EXPECT_EQ(list_checkpoints(dir_), (std::vector<std::string>{step_path(1), step_path(3)}));
+  TrainCheckpointReader(step_path(1)).verify_all();
+}
+
 }  // namespace
+// meta.json's expert_bias (aux-loss-free balancing): read back exactly, and every malformed
+// form refused naming the layer, before resume=auto commits to the checkpoint.
+TEST(ResumeCheck, ExpertBiasInMetaIsCheckedAndReadBack) {
+  auto cfg = config::load_model_config(std::string(MOEKIT_SOURCE_DIR) + "/configs/models/tiny-moe.yaml");
+  cfg.moe_router_enable_expert_bias = true;
+  cfg.mlp_only_layers = {1};
+  const int64_t E = cfg.num_experts;
+  nlohmann::json meta;
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    if (l != 1) {
+      std::vector<float> b(E);
+      for (int64_t e = 0; e < E; ++e) b[e] = 0.001f * static_cast<float>(e - l) + 1e-7f;
+      meta["expert_bias"][model::expert_bias_name(l)] = b;
+    }
+  const std::string name0_s = model::expert_bias_name(0);
+  const char* name0 = name0_s.c_str();
+  const auto bias = train::read_expert_bias(meta, cfg, "m.json");
+  ASSERT_EQ(static_cast<int64_t>(bias.size()), cfg.num_hidden_layers);
+  EXPECT_TRUE(bias[1].empty());
+  EXPECT_EQ(bias[0], meta["expert_bias"][name0].get<std::vector<float>>());  // the same bits
+
+  auto broken = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json m = meta;
+    edit(m);
+    return m;
+  };
+  MOEKIT_EXPECT_ERROR_HAS(train::read_expert_bias(broken([](auto& m) { m.erase("expert_bias"); }), cfg, "m.json"),
+                          "m.json", "'expert_bias' is missing");
+  MOEKIT_EXPECT_ERROR_HAS(
+      train::read_expert_bias(broken([&](auto& m) { m["expert_bias"].erase(name0); }), cfg, "m.json"), name0,
+      "array of num_experts");
+  MOEKIT_EXPECT_ERROR_HAS(
+      train::read_expert_bias(broken([&](auto& m) { m["expert_bias"][name0].erase(0); }), cfg, "m.json"), name0,
+      "array of num_experts");
+  MOEKIT_EXPECT_ERROR_HAS(
+      train::read_expert_bias(broken([&](auto& m) { m["expert_bias"][name0][2] = "x"; }), cfg, "m.json"), name0);
+  MOEKIT_EXPECT_ERROR_HAS(
+      train::read_expert_bias(broken([&](auto& m) { m["expert_bias"][name0][2] = 1e300; }), cfg, "m.json"), name0);
+  cfg.moe_router_enable_expert_bias = false;  // not read at all without the bias
+  EXPECT_TRUE(train::read_expert_bias(nlohmann::json::object(), cfg, "m.json")[0].empty());
+}
+
 }  // namespace moekit::checkpoint

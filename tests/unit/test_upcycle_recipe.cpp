@@ -81,7 +81,7 @@ TEST(UpcycleRecipe, YamlRoundTripAndSet) {
 
 TEST(UpcycleRecipe, ParseErrorsNameKeyAndSource) {
   expect_error([] { recipe_from_yaml_text("num_experts: 4\nfoo: 1\n", "r.yaml"); }, {"r.yaml", "unknown recipe key 'foo'"});
-  expect_error([] { recipe_from_yaml_text("num_experts: 4\nnum_experts: 5\n", "r.yaml"); }, {"r.yaml", "appears twice"});
+  expect_error([] { recipe_from_yaml_text("num_experts: 4\nnum_experts: 5\n", "r.yaml"); }, {"r.yaml", "duplicate key 'num_experts'"});
   expect_error([] { recipe_from_yaml_text("num_experts: four\n", "r.yaml"); }, {"num_experts", "'four'"});
   expect_error([] { recipe_from_yaml_text("reinit_ratio: 1.5\n", "r.yaml"); }, {"reinit_ratio", "[0, 1]"});
   expect_error([] { recipe_from_yaml_text("mode: sideways\n", "r.yaml"); }, {"mode", "qwen, copy, virtual_group", "sideways"});
