@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "core/log.h"
 #include "data/indexed_dataset.h"
@@ -82,6 +83,11 @@ void check_utf8(const TokenizeOptions& opt, const Chunk& c, std::string_view s, 
 }
 
 void encode_jsonl(const TokenizeOptions& opt, TokenEncoder* enc, Chunk* c) {
+  // Each line through core/bounded_parse.h: a document is one object with a text field, so a
+  // deep nesting or a duplicate key is malformed input, refused naming the line.
+  ParseLimits line_limits;
+  line_limits.max_bytes = opt.max_doc_bytes;
+  line_limits.what = "line";
   const std::string& d = c->data;
   int64_t line = c->first_line;
   for (size_t pos = 0; pos < d.size(); ++line) {
@@ -93,12 +99,7 @@ void encode_jsonl(const TokenizeOptions& opt, TokenEncoder* enc, Chunk* c) {
     pos = end + 1;
     if (text.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank line
     check_utf8(opt, *c, text, start);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text.begin(), text.end());
-    } catch (const nlohmann::json::parse_error& e) {
-      MOEKIT_FAIL(where, ": not valid JSON (", e.what(), ")");
-    }
+    const nlohmann::json j = parse_json(std::string(text), where, line_limits);
     MOEKIT_CHECK(j.is_object(), where, ": expected a JSON object, got ", j.type_name());
     const auto it = j.find(opt.json_key);
     MOEKIT_CHECK(it != j.end(), where, ": no key \"", opt.json_key, "\" (choose the text field with --json-key)");

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "data/tokenizer.h"
 #include "data/unicode_text.h"
@@ -41,15 +42,13 @@ std::string read_bounded(const std::string& path, uint64_t max_bytes) {
   return s;
 }
 
+// Through core/bounded_parse.h like every JSON moekit reads: size, depth and duplicate keys
+// (a vocab.json listing a token twice) are refused, errors name the file and the key.
 json parse_json(const std::string& path, uint64_t max_bytes) {
-  const std::string text = read_bounded(path, max_bytes);
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    const size_t at = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
-    const int64_t line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n');
-    MOEKIT_FAIL(path, ":", line, ": not valid JSON (", e.what(), ")");
-  }
+  ParseLimits limits;
+  limits.max_bytes = static_cast<size_t>(max_bytes);
+  limits.what = "tokenizer JSON";
+  return moekit::parse_json(read_bounded(path, max_bytes), path, limits);
 }
 
 std::string show(std::string_view s) { return json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace); }

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "core/finite.h"
 #include "core/log.h"
@@ -208,24 +209,23 @@ std::string source_generation_config(const std::string& source_dir) {
   // Qwen v1 (model_type "qwen", remote code): its generation config carries chat_format,
   // stop_words_ids and the like that Qwen2 generation does not know.
   if (fs::is_regular_file(cfg, ec)) {
-    std::ifstream in(cfg, std::ios::binary);
-    const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    const auto j = load_json_file(cfg.string());
     if (j.is_object() && j.value("model_type", std::string()) == "qwen") return "";
   }
-  std::ifstream in(gen, std::ios::binary);
-  MOEKIT_CHECK(in.good(), gen.string(), ": cannot read");
-  std::ostringstream text;
-  text << in.rdbuf();
-  const auto j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  MOEKIT_CHECK(j.is_object(), gen.string(), ": not a JSON object (a generation config is one)");
-  return text.str();
+  ParseLimits limits;
+  limits.max_bytes = size_t{1} << 20;  // a few hundred bytes in practice; it travels in meta.json
+  limits.what = "generation config";
+  const std::string text = read_file_bounded(gen.string(), limits.max_bytes, limits.what);
+  MOEKIT_CHECK(parse_json(text, gen.string(), limits).is_object(), gen.string(),
+               ": not a JSON object (a generation config is one)");
+  return text;
 }
 
 void write_hf_side_files(const std::string& dir, const config::ModelConfig& cfg,
                          const std::string& generation_config) {
   config::ModelConfig c = cfg;
   if (!generation_config.empty() && c.pad_token_id < 0) {
-    const auto g = nlohmann::json::parse(generation_config, nullptr, /*allow_exceptions=*/false);
+    const auto g = try_parse_json(generation_config).value_or(nlohmann::json());
     if (g.is_object() && g.contains("pad_token_id") && g["pad_token_id"].is_number_integer()) {
       const int64_t pad = g["pad_token_id"].get<int64_t>();
       if (pad >= 0 && pad < c.vocab_size) c.pad_token_id = pad;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "data/file_io.h"
 #include "data/tokenizer.h"
@@ -108,12 +109,7 @@ ExportTokenizer ExportTokenizer::for_checkpoint(const std::string& checkpoint, c
   }
   const fs::path cfg = fs::path(checkpoint) / "config.resolved.yaml";
   if (!is_file(cfg)) return ExportTokenizer();
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(cfg.string());
-  } catch (const YAML::Exception& e) {
-    MOEKIT_FAIL(cfg.string(), ": not valid YAML (", e.what(), ")");
-  }
+  const YAML::Node root = load_yaml_file(cfg.string());
   for (const char* key : {"init_from", "model"}) {
     if (!root[key] || !root[key].IsScalar()) continue;
     const std::string dir = root[key].as<std::string>();
