@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "core/bounded_parse.h"
 #include "core/check.h"
 #include "core/rng.h"
 
@@ -255,8 +256,8 @@ LoaderState LoaderState::from_json(const nlohmann::json& j) {
     MOEKIT_CHECK(j.contains(key), "loader state: missing field '", key, "' in ", j.dump());
     return j.at(key);
   };
-  MOEKIT_CHECK(get("version").is_number_integer() && get("version").get<int>() == 1, "loader state: version ",
-               get("version").dump(), ", expected 1");
+  MOEKIT_CHECK(json_value_or<int64_t>(j, "version", 0) == 1, "loader state: version ", get("version").dump(),
+               ", expected 1");
   LoaderState s;
   for (auto [key, field] : {std::pair<const char*, int64_t*>{"epoch", &s.epoch},
                             {"window", &s.window},

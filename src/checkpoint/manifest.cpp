@@ -122,9 +122,10 @@ VerifiedStep verify_step_dir(const std::string& dir) {
   MOEKIT_CHECK(fs::exists(mpath, ec), mpath, ": missing; ", dir,
                " is not a committed checkpoint (or was written by a moekit without manifests)");
   const json m = load_json_file(mpath, manifest_limits("manifest"));
-  MOEKIT_CHECK(m.is_object() && m.value("format", "") == kFormat, mpath, ": not a moekit checkpoint manifest");
-  MOEKIT_CHECK(m.contains("version") && m["version"] == 1, mpath, ": version ",
-               clip_for_message(m.value("version", json()).dump()), " is not supported (expected 1)");
+  MOEKIT_CHECK(json_value_or<std::string>(m, "format", "") == kFormat, mpath, ": not a moekit checkpoint manifest");
+  MOEKIT_CHECK(json_value_or<int64_t>(m, "version", 0) == 1, mpath, ": version ",
+               clip_for_message(m.contains("version") ? m["version"].dump() : "(none)"),
+               " is not supported (expected 1)");
   for (const auto& [k, v] : m.items())
     MOEKIT_CHECK(k == "format" || k == "version" || k == "step" || k == "files", mpath, ": unexpected field '",
                  clip_for_message(k), "'");

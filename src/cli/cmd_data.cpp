@@ -96,9 +96,9 @@ void add_inspect(CLI::App* data, std::vector<Command>* out) {
                       limits.max_bytes = size_t{1} << 20;
                       synth = load_json_file(side, limits);
                       MOEKIT_CHECK(synth.is_object(), side, ": not a JSON object");
-                      if (o->vocab <= 0 && synth.contains("config") && synth["config"].contains("vocab_size"))
-                        o->vocab = json_int(synth["config"]["vocab_size"], side, "config.vocab_size", 1,
-                                            int64_t{1} << 31);
+                      const nlohmann::json* cfg = synth.contains("config") ? &synth["config"] : nullptr;
+                      if (o->vocab <= 0 && cfg && cfg->is_object() && cfg->contains("vocab_size"))
+                        o->vocab = json_int((*cfg)["vocab_size"], side, "config.vocab_size", 1, int64_t{1} << 31);
                     }
                     data::DatasetStats st = data::compute_stats(ds, o->top, o->vocab);
                     if (o->json) {
@@ -107,11 +107,13 @@ void add_inspect(CLI::App* data, std::vector<Command>* out) {
                       std::printf("%s\n", j.dump().c_str());
                     } else {
                       std::printf("%s", data::stats_to_text(ds, st).c_str());
-                      if (!synth.is_null() && synth.contains("stats"))
+                      if (!synth.is_null() && synth.contains("stats")) {
+                        const nlohmann::json& stats = synth["stats"];
                         std::printf("synthetic corpus: entropy bound %.4f nats/token (bigram %.4f, uniform %.4f)\n",
-                                    synth["stats"].value("entropy_bound_nats", 0.0),
-                                    synth["stats"].value("bigram_entropy_nats", 0.0),
-                                    synth["stats"].value("log_vocab_nats", 0.0));
+                                    json_value_or<double>(stats, "entropy_bound_nats", 0.0),
+                                    json_value_or<double>(stats, "bigram_entropy_nats", 0.0),
+                                    json_value_or<double>(stats, "log_vocab_nats", 0.0));
+                      }
                     }
                     return 0;
                   }});

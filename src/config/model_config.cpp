@@ -238,7 +238,7 @@ class JsonReader {
   }
   void require(const char* key) const {
     MOEKIT_CHECK(has(key), where_, ": required field '", key, "' is missing (model_type ",
-                 j_.value("model_type", std::string("?")), ")");
+                 json_value_or<std::string>(j_, "model_type", "?"), ")");
   }
   int64_t get_int(const char* key) const {
     return json_int(j_.at(key), where_, key, std::numeric_limits<int64_t>::min(),

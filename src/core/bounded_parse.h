@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 namespace YAML { class Node; }
 
@@ -55,6 +56,29 @@ int64_t json_int(const nlohmann::json& v, const std::string& where, const std::s
                  int64_t max);
 double json_number(const nlohmann::json& v, const std::string& where, const std::string& key, double min,
                    double max);
+
+// obj[key] when obj is an object holding key with a value of T's JSON type (std::string, bool,
+// double: any number, int64_t: an integer that fits), else `fallback`. nlohmann's own value()
+// throws a type_error that names no file when the stored type differs (fuzz_train_checkpoint
+// found one escaping from a manifest's "format": 128), which input must never cause.
+template <typename T>
+T json_value_or(const nlohmann::json& obj, const char* key, T fallback) {
+  if (!obj.is_object()) return fallback;
+  const auto it = obj.find(key);
+  if (it == obj.end()) return fallback;
+  if constexpr (std::is_same_v<T, std::string>) {
+    return it->is_string() ? it->template get<std::string>() : fallback;
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return it->is_boolean() ? it->template get<bool>() : fallback;
+  } else if constexpr (std::is_same_v<T, double>) {
+    return it->is_number() ? it->template get<double>() : fallback;
+  } else {
+    static_assert(std::is_same_v<T, int64_t>, "json_value_or: std::string, bool, double or int64_t");
+    const bool fits = it->is_number_integer() &&
+                      (!it->is_number_unsigned() || it->template get<uint64_t>() <= uint64_t{INT64_MAX});
+    return fits ? it->template get<int64_t>() : fallback;
+  }
+}
 
 // Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as Rust's from_utf8;
 // on failure *bad_at is the offset of the first bad sequence.

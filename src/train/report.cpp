@@ -81,7 +81,7 @@ RunRecord load_run(const std::string& dir) {
   MOEKIT_CHECK(fs::exists(sp), "report: '", sp, "' does not exist (did the run finish?)");
   const json s = load_json_file(sp, line_limits());
   MOEKIT_CHECK(s.is_object(), "report: '", sp, "' is not a JSON object");
-  r.model_type = s.value("model_type", "");
+  r.model_type = json_value_or<std::string>(s, "model_type", "");
   r.params_total = num(s, "params_total", sp);
   r.params_active = num(s, "params_active", sp);
   r.flops_per_token = num(s, "train_flops_per_token", sp);
@@ -90,7 +90,7 @@ RunRecord load_run(const std::string& dir) {
 
   const std::string mp = (fs::path(dir) / "metrics.jsonl").string();
   for (const json& m : read_jsonl(mp, true)) {
-    if (m.value("skipped", false)) continue;
+    if (json_value_or<bool>(m, "skipped", false)) continue;
     RunPoint p;
     p.step = step_of(m, mp);
     p.tokens = num(m, "tokens", mp);

@@ -105,7 +105,7 @@ void truncate_jsonl(const std::string& path, int64_t step) {
     if (line.empty()) continue;
     const std::optional<json> j = try_parse_json(line);
     if (!j || !j->is_object()) continue;  // a line torn by the crash
-    if (j->value("step", int64_t{0}) <= step) kept += line + "\n";
+    if (json_value_or<int64_t>(*j, "step", 0) <= step) kept += line + "\n";
   }
   write_file_atomic(path, kept);
 }
@@ -504,7 +504,7 @@ void Trainer::resume() {
     step_ = m.at("step").get<int64_t>();
     tokens_ = m.at("tokens").get<int64_t>();
     skipped_ = m.at("skipped_steps").get<int64_t>();
-    nan_skipped_ = m.value("nan_skipped_steps", int64_t{0});
+    nan_skipped_ = json_value_or<int64_t>(m, "nan_skipped_steps", 0);
     consecutive_skips_ = m.at("consecutive_skips").get<int64_t>();
     wall_before_ = m.at("wall_seconds").get<double>();
   } catch (const json::exception& e) {

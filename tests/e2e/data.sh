@@ -50,6 +50,16 @@ assert r["synth"]["stats"]["entropy_bound_nats"] == s["entropy_bound_nats"], r
 PY
 txt="$($moekit data inspect "$tmp/a.idx")"
 grep -q "^documents: " <<<"$txt" && grep -q "entropy bound" <<<"$txt" && ok "inspect text" || bad "inspect text: $txt"
+# A sidecar whose fields have other types than moekit writes: reported around, never a type error
+# naming no file (nlohmann's value() threw one), and out-of-range numbers name the file and key.
+cp "$tmp/a.idx" "$tmp/b.idx" && cp "$tmp/a.bin" "$tmp/b.bin"
+printf '{"config": {"vocab_size": 1000000}, "stats": {"entropy_bound_nats": "low", "log_vocab_nats": null}}' >"$tmp/b.synth.json"
+$moekit data inspect "$tmp/b" >/dev/null 2>"$tmp/b.err" && ok "inspect: sidecar with odd field types" ||
+  bad "inspect: sidecar with odd field types: $(cat "$tmp/b.err")"
+printf '{"config": {"vocab_size": 1e400}}' >"$tmp/b.synth.json"
+expect_fail "inspect: sidecar with 1e400" "b.synth.json" $moekit data inspect "$tmp/b"
+printf '{"config": {"vocab_size": 18446744073709551615}}' >"$tmp/b.synth.json"
+expect_fail "inspect: sidecar with a vocab past 2^31" "config.vocab_size" $moekit data inspect "$tmp/b"
 two="$($moekit data inspect "$tmp/a" "$tmp/c" --json)"
 python3 -c "import json,sys; r=json.loads(sys.argv[1]); assert len(r['files'])==2 and r['vocab_size'] is None" "$two" &&
   ok "inspect two prefixes" || bad "inspect two prefixes: $two"

@@ -85,5 +85,26 @@ TEST(Report, BadRunsAreClearErrors) {
   EXPECT_THROW(load_run(d), Error);
 }
 
+// Fields of other types than the trainer writes: a moekit error naming the file and key, or a
+// tolerant default (model_type, skipped), never nlohmann's type_error naming no file.
+TEST(Report, OddFieldTypesAreHandled) {
+  const std::string dir = make_run("odd", {5, 4}, {});
+  std::ofstream(fs::path(dir) / "summary.json", std::ios::trunc)
+      << R"({"model_type": 7, "params_total": 1000, "params_active": 500, "train_flops_per_token": 1e4,
+             "wall_seconds": 4, "world": 2})";
+  std::ofstream(fs::path(dir) / "metrics.jsonl", std::ios::app)
+      << R"({"step": 3, "tokens": 300, "flops": 3e6, "wall_seconds": 6, "loss": 3, "skipped": "no"})" << "\n";
+  const RunRecord r = load_run(dir);
+  EXPECT_EQ(r.model_type, "");
+  EXPECT_EQ(r.train.size(), 3u);
+  std::ofstream(fs::path(dir) / "metrics.jsonl", std::ios::app) << R"({"step": "4", "loss": 1})" << "\n";
+  try {
+    load_run(dir);
+    ADD_FAILURE() << "a step of type string was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("metrics.jsonl: step must be an integer"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace moekit::train

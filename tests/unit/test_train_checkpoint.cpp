@@ -582,6 +582,15 @@ TEST_F(TrainCheckpoint, ManifestCoversEveryFileOfTheStep) {
   save(7, t);
   std::ofstream(fs::path(step_path(7)) / kManifestName, std::ios::trunc) << R"({"format": "moekit-train-checkpoint", "version": 1, "step": 7, "step": 7})";
   expect_error([&] { TrainCheckpointReader r(step_path(7)); }, {"manifest.json", "duplicate key 'step'"});
+  // Fields of other types than moekit writes: moekit errors naming the manifest, never nlohmann's
+  // type_error (fuzz_train_checkpoint found "format": 128 escaping as one).
+  for (const char* text : {R"({"format": 128, "version": 1, "step": 7, "files": {}})",
+                           R"({"format": "moekit-train-checkpoint", "version": "1", "step": 7, "files": {}})",
+                           R"({"format": "moekit-train-checkpoint", "version": 1, "step": 7.5, "files": {}})",
+                           R"({"format": "moekit-train-checkpoint", "version": 1, "step": 7, "files": []})"}) {
+    std::ofstream(fs::path(step_path(7)) / kManifestName, std::ios::trunc) << text;
+    expect_error([&] { TrainCheckpointReader r(step_path(7)); }, {"manifest.json"});
+  }
   EXPECT_EQ(resolve_resume(dir_, "auto"), step_path(1));
 }
 
