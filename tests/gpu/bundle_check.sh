@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU bundle (launch/gpu-bundle, built by launch/test where nvcc exists) as far as it can be
 # checked without a GPU:
-#  - its size (limit 40 MiB) and manifest are printed;
+#  - its size (limit 40 MiB) and manifest are printed; the checks below run on a copy whose
+#    compressed libraries launch/gpu-unpack restored, as launch/gpu-check does on the machine;
 #  - every library its binaries load resolves inside the bundle, or is the C/C++ runtime, or is
 #    one the lent machine provides (CUDA driver, cuBLAS, NCCL);
 #  - in a chroot holding only the bundle, the C/C++ runtime and the machine-provided libraries
@@ -22,11 +23,33 @@ size=$(du -sb "$bundle" | cut -f1)
 echo "bundle: $bundle, $(awk -v s="$size" 'BEGIN {printf "%.1f", s / 1048576}') MiB"
 sed 's/^/  /' "$bundle/MANIFEST"
 [ "$size" -le $((40 * 1048576)) ] && ok "bundle is under 40 MiB" || bad "bundle is over 40 MiB"
+cp -a "$bundle" "$tmp/bundle"
+bundle="$tmp/bundle"
+if bash "$src/launch/gpu-unpack" "$bundle" >"$tmp/unpack.log" 2>&1 && ! ls "$bundle"/lib/*.part >/dev/null 2>&1; then
+  ok "launch/gpu-unpack restores $(grep -c '^\[gpu-unpack\]' "$tmp/unpack.log") compressed libraries"
+else
+  bad "launch/gpu-unpack: $(tail -3 "$tmp/unpack.log")"
+fi
+# Without xz, through Python's lzma (the lent machine may lack xz): the same bytes.
+mkdir -p "$tmp/noxz/lib" "$tmp/noxz/bin"
+first_xz="$(ls "$tmp/bundle"/lib/*.xz 2>/dev/null | head -1)"
+if [ -n "$first_xz" ]; then
+  cp "$first_xz" "$tmp/noxz/lib/"
+  for t in bash dirname realpath du cut chmod mv rm basename; do ln -sf "$(command -v $t)" "$tmp/noxz/bin/$t"; done
+  ln -sf /usr/bin/python3 "$tmp/noxz/bin/python3"
+  if PATH="$tmp/noxz/bin" bash "$src/launch/gpu-unpack" "$tmp/noxz" >/dev/null 2>&1 \
+     && cmp -s "${first_xz%.xz}" "$tmp/noxz/lib/$(basename "${first_xz%.xz}")"; then
+    ok "without xz, python3's lzma unpacks $(basename "$first_xz") to the same bytes"
+  else
+    bad "launch/gpu-unpack without xz"
+  fi
+fi
 
 provided='^(libcuda\.so|libcublas\.so|libcublasLt\.so|libnccl\.so)'
 runtime='^(linux-vdso\.so|ld-linux-x86-64\.so|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libstdc\+\+\.so|libgcc_s\.so)'
 outside=0
 for f in "$bundle"/bin/* "$bundle"/lib/*; do
+  [[ "$f" == *.xz ]] && continue
   while read -r name path; do
     [[ "$name" =~ $provided || "$name" =~ $runtime ]] && continue
     case "$(realpath -m "$path")" in
