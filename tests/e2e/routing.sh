@@ -14,10 +14,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cd "$src"
 source "$src/tests/e2e/lib/harness.bash"
-
-data="$tmp/data/synth"
-common=(--set "data.train=[$data]" --set data.synth_tokens=300000 --set train.peak_flops=1e11)
-train() { "$moekit" train "${common[@]}" "$@"; }
+source "$src/tests/e2e/lib/train_env.bash"
 
 # --- aux-loss-free balancing and a capacity factor ------------------------------------------
 # The same DeepSeek-V3-style model (sigmoid scores, no aux loss) with the expert bias frozen and

@@ -16,10 +16,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cd "$src"
 source "$src/tests/e2e/lib/harness.bash"
-
-data="$tmp/data/synth"
-common=(--set "data.train=[$data]" --set data.synth_tokens=300000 --set train.peak_flops=1e11)
-train() { "$moekit" train "${common[@]}" "$@"; }
+source "$src/tests/e2e/lib/train_env.bash"
 
 # --- a dense and an MoE run learn and write their logs --------------------------------------
 for kind in dense moe; do

@@ -98,9 +98,12 @@ TEST_F(HfExport, QwenV1AndMalformedSourceGenerationConfigs) {
   EXPECT_EQ(checkpoint::source_generation_config(path("v1")), "");
   fs::create_directories(path("bad"));
   spit(path("bad/config.json"), R"({"model_type": "qwen2"})");
-  spit(path("bad/generation_config.json"), "[1, 2");
+  spit(path("bad/generation_config.json"), "[1, 2]");
   MOEKIT_EXPECT_ERROR_HAS(checkpoint::source_generation_config(path("bad")), "bad/generation_config.json",
                           "not a JSON object");
+  spit(path("bad/generation_config.json"), "[1, 2");
+  MOEKIT_EXPECT_ERROR_HAS(checkpoint::source_generation_config(path("bad")), "bad/generation_config.json",
+                          "not valid JSON");
 }
 
 TEST_F(HfExport, QkvBiasFalseIsWrittenWithZeroBiasesThatReadBackAsNone) {
