@@ -315,10 +315,13 @@ def main():
     gflops = fpt * tok_s / 1e9
     peak = gemm_gflops()
     total = sum(p.numel() for p in model.parameters())
+    # The BLAS torch loaded: Debian's torch goes through the libblas.so.3 alternative, so the peer's
+    # speed depends on which OpenBLAS build (OpenMP, pthreads) or the reference BLAS that is.
+    blas = sorted({os.path.realpath(l.split()[-1]) for l in open("/proc/self/maps") if "blas" in l.split()[-1]})
     if a.json:
         print(json.dumps({
             "impl": "pytorch", "torch": torch.__version__, "train_step": a.train, "model": a.model, "batch": a.batch, "seq": a.seq,
-            "steps": a.steps, "warmup": a.warmup, "threads": torch.get_num_threads(), "tokens_per_step": T,
+            "steps": a.steps, "warmup": a.warmup, "threads": torch.get_num_threads(), "blas": blas, "tokens_per_step": T,
             "activated_params": activated_params(c), "total_params": total, "flops_per_token": fpt,
             "ms_per_step": round(t_med * 1e3, 3), "ms_per_step_min": round(t_min * 1e3, 3),
             "tokens_per_s": round(tok_s, 2), "gflops": round(gflops, 3), "gemm_gflops": round(peak, 3),
@@ -327,6 +330,7 @@ def main():
     else:
         print(f"PyTorch {torch.__version__} eager CPU bench: {a.model}, batch {a.batch} x seq {a.seq}, "
               f"{a.steps} timed steps (+{a.warmup} warm-up), {torch.get_num_threads()} threads")
+        print(f"  BLAS: {', '.join(blas) or 'none mapped'}")
         print(f"  params: {total} total, {activated_params(c)} activated per token")
         print(f"  first step loss {first[0]:.4f} (ce {first[1]:.4f})")
         print(f"  step: {t_med * 1e3:.1f} ms median, {t_min * 1e3:.1f} ms min "

@@ -28,5 +28,6 @@ for name, r in rows:
     print(f"{name:<14} {r['ms_per_step']:>9.1f} {r['tokens_per_s']:>10.1f} {r['gflops']:>9.2f} "
           f"{r['gemm_gflops']:>10.2f} {100*r['frac_of_gemm_peak']:>7.1f}% {r['first_loss']:>8.4f}")
 if t:
+    print(f"PyTorch {t['torch']} BLAS: {', '.join(t.get('blas', [])) or 'none mapped'}")
     print(f"moekit / PyTorch tokens/s: {m['tokens_per_s'] / t['tokens_per_s']:.2f}x")
 PY

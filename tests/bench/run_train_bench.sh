@@ -35,6 +35,8 @@ s = json.load(open(run + "/summary.json"))
 plan_mib = plan["memory"]["total_bytes"] / 2**20
 used = s["peak_rss_mib"] - s["base_rss_mib"]  # above the process baseline, like the plan
 tt = torch_r["tokens_per_s"] if torch_r else float("nan")
+if torch_r and name == "tiny-moe":
+    print(f"(PyTorch {torch_r['torch']} BLAS: {', '.join(torch_r.get('blas', [])) or 'none mapped'})")
 print(f"{name:<10} {batch:>6} {seq:>6} {tps:>12.0f} {tt:>12.0f} {tps / tt:>7.2f}x {100 * mfu:>8.1f}% "
       f"{used:>12.0f} {plan_mib:>11.0f} {used / plan_mib:>6.2f}")
 PY
