@@ -22,6 +22,7 @@
 //    the same run to run.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -259,6 +260,14 @@ class Buffer {
   void* data_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// Scratch of n elements (at least one, so that the pointer is valid for empty work): of type T,
+// or of the activation type of the buffer's backend.
+template <typename T>
+T* reserve_n(Buffer& b, int64_t n) {
+  return static_cast<T*>(b.reserve(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1))));
+}
+void* reserve_act(Buffer& b, int64_t n);
 
 // n elements of type T from a device buffer to a new host vector (a copy on the CPU backend).
 template <typename T>

@@ -293,6 +293,11 @@ void* Buffer::reserve(size_t bytes) {
   return data_;
 }
 
+void* reserve_act(Buffer& b, int64_t n) {
+  MOEKIT_CHECK(b.backend() != nullptr, "reserve_act(", n, "): no backend bound");
+  return b.reserve(static_cast<size_t>(std::max<int64_t>(n, 1)) * dtype_size(b.backend()->compute_dtype()));
+}
+
 void Buffer::reset() {
   if (data_ && be_) be_->release(data_, bytes_);
   data_ = nullptr;

@@ -14,6 +14,8 @@
 namespace moekit::model {
 
 using backend::GemmOp;
+using backend::reserve_act;
+using backend::reserve_n;
 
 AuxLossForm aux_loss_form_parse(const std::string& s) {
   if (s == "none") return AuxLossForm::kNone;
@@ -247,11 +249,6 @@ void Model::bind_layers() {
   counts_.assign(layers_.size(), {});
 }
 
-void* Model::act(backend::Buffer& b, int64_t n) { return b.reserve(static_cast<size_t>(std::max<int64_t>(n, 1)) * esz_); }
-float* Model::f32(backend::Buffer& b, int64_t n) {
-  return static_cast<float*>(b.reserve(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float)));
-}
-
 int64_t Model::dropped_pairs() const {
   int64_t n = 0;
   for (const auto& L : layers_)
@@ -299,16 +296,16 @@ void Model::attention_forward(Layer& L, void* y, int64_t B, int64_t S) {
   const int64_t T = B * S, H = cfg_.hidden_size, d = cfg_.head_size();
   const int64_t nh = cfg_.num_attention_heads, nkv = cfg_.num_key_value_heads, qd = nh * d, kvd = nkv * d;
   const backend::AttnShape shape{B, S, nh, nkv, d};
-  void* q = act(L.q, T * qd);
-  void* k = act(L.k, T * kvd);
-  void* v = act(L.v, T * kvd);
-  void* c = act(L.ctx, T * qd);
+  void* q = reserve_act(L.q, T * qd);
+  void* k = reserve_act(L.k, T * kvd);
+  void* v = reserve_act(L.v, T * kvd);
+  void* c = reserve_act(L.ctx, T * qd);
   linear_forward(be_, q, L.xn1.data(), L.wq, L.bq, T, qd, H);
   linear_forward(be_, k, L.xn1.data(), L.wk, L.bk, T, kvd, H);
   linear_forward(be_, v, L.xn1.data(), L.wv, L.bv, T, kvd, H);
   be_.rope(q, rope_cos_.as<float>(), rope_sin_.as<float>(), B, S, nh, d, false);
   be_.rope(k, rope_cos_.as<float>(), rope_sin_.as<float>(), B, S, nkv, d, false);
-  be_.attention_forward(c, f32(L.saved, be_.attention_saved_floats(shape)), q, k, v, shape);
+  be_.attention_forward(c, reserve_n<float>(L.saved, be_.attention_saved_floats(shape)), q, k, v, shape);
   be_.gemm({GemmOp::kNT, T, H, qd, be_.compute_dtype(), be_.compute_dtype()}, y, c, L.wo.c);
 }
 
@@ -316,10 +313,10 @@ void Model::attention_backward(Layer& L, void* dx, const void* dy, int64_t B, in
   const int64_t T = B * S, H = cfg_.hidden_size, d = cfg_.head_size();
   const int64_t nh = cfg_.num_attention_heads, nkv = cfg_.num_key_value_heads, qd = nh * d, kvd = nkv * d;
   const DType ct = be_.compute_dtype();
-  void* dctx = act(scr_a_, T * qd);
-  void* dq = act(dq_, T * qd);
-  void* dk = act(dk_, T * kvd);
-  void* dv = act(dv_, T * kvd);
+  void* dctx = reserve_act(scr_a_, T * qd);
+  void* dq = reserve_act(dq_, T * qd);
+  void* dk = reserve_act(dk_, T * kvd);
+  void* dv = reserve_act(dv_, T * kvd);
   be_.gemm({GemmOp::kTN, H, qd, T, ct, DType::kF32, 1.f, 1.f}, L.wo.g, dy, L.ctx.data());  // dWo += dy^T ctx
   be_.gemm({GemmOp::kNN, T, qd, H, ct, ct}, dctx, dy, L.wo.c);                            // dctx = dy Wo
   be_.attention_backward(dq, dk, dv, dctx, L.ctx.data(), L.saved.as<float>(), L.q.data(), L.k.data(), L.v.data(),
@@ -361,31 +358,31 @@ LossTerms Model::forward(const int64_t* inputs, const int64_t* targets, int64_t 
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   if (resid_.size() != layers_.size() + 1)
     for (size_t i = resid_.size(); i < layers_.size() + 1; ++i) resid_.emplace_back(be_);
-  be_.embedding_forward(act(resid_[0], T * H), embed_.w, ids_.as<int64_t>(), T, H);
-  void* attn_out = act(attn_out_, T * H);
-  void* mlp_out = act(mlp_out_, T * H);
+  be_.embedding_forward(reserve_act(resid_[0], T * H), embed_.w, ids_.as<int64_t>(), T, H);
+  void* attn_out = reserve_act(attn_out_, T * H);
+  void* mlp_out = reserve_act(mlp_out_, T * H);
   std::vector<moe::RouterStats> stats;
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& L = *layers_[l];
     const void* x = resid_[l].data();
-    be_.rmsnorm_forward(act(L.xn1, T * H), f32(L.rstd1, T), x, L.ln1.w, T, H, eps);
+    be_.rmsnorm_forward(reserve_act(L.xn1, T * H), reserve_n<float>(L.rstd1, T), x, L.ln1.w, T, H, eps);
     attention_forward(L, attn_out, B, S);
-    be_.add(act(L.h, T * H), x, attn_out, T * H);
-    be_.rmsnorm_forward(act(L.xn2, T * H), f32(L.rstd2, T), L.h.data(), L.ln2.w, T, H, eps);
+    be_.add(reserve_act(L.h, T * H), x, attn_out, T * H);
+    be_.rmsnorm_forward(reserve_act(L.xn2, T * H), reserve_n<float>(L.rstd2, T), L.h.data(), L.ln2.w, T, H, eps);
     if (L.sparse) {
       L.moe->forward(mlp_out, L.xn2.data(), T, moe_opt_);
       stats.push_back(L.moe->stats());
       counts_[l] = L.moe->chosen_counts();
     } else {
       const int64_t I = cfg_.intermediate_size;
-      mlp_forward(be_, mlp_out, 0.f, act(L.gu, T * 2 * I), act(L.act, T * I), L.xn2.data(), L.gate_up, L.down, T, H,
+      mlp_forward(be_, mlp_out, 0.f, reserve_act(L.gu, T * 2 * I), reserve_act(L.act, T * I), L.xn2.data(), L.gate_up, L.down, T, H,
                   I);
     }
-    be_.add(act(resid_[l + 1], T * H), L.h.data(), mlp_out, T * H);
+    be_.add(reserve_act(resid_[l + 1], T * H), L.h.data(), mlp_out, T * H);
   }
   // Head and loss. A training forward turns the logits into their gradient in place.
-  be_.rmsnorm_forward(act(xn_final_, T * H), f32(rstd_final_, T), resid_.back().data(), final_norm_.w, T, H, eps);
-  void* logits = act(logits_, T * V);
+  be_.rmsnorm_forward(reserve_act(xn_final_, T * H), reserve_n<float>(rstd_final_, T), resid_.back().data(), final_norm_.w, T, H, eps);
+  void* logits = reserve_act(logits_, T * V);
   be_.gemm({GemmOp::kNT, T, V, H, be_.compute_dtype(), be_.compute_dtype()}, logits, xn_final_.data(),
            lm_head_.c);
   const float scale = out.targets > 0 ? 1.0f / static_cast<float>(out.targets) : 0.f;
@@ -417,9 +414,9 @@ void Model::backward() {
   MOEKIT_CHECK(have_cache_, "backward() needs a preceding forward(train=true)");
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size, T = batch_ * seq_;
   const DType ct = be_.compute_dtype();
-  void* dmid = act(dmid_, T * H);  // d / d xn (final norm, then each layer's norms)
-  void* dx = act(dx_, T * H);
-  void* dh = act(dh_, T * H);
+  void* dmid = reserve_act(dmid_, T * H);  // d / d xn (final norm, then each layer's norms)
+  void* dx = reserve_act(dx_, T * H);
+  void* dh = reserve_act(dh_, T * H);
   // LM head and final norm: logits_ holds d loss / d logits.
   be_.gemm({GemmOp::kTN, V, H, T, ct, DType::kF32, 1.f, 1.f}, lm_head_.g, logits_.data(), xn_final_.data());
   be_.gemm({GemmOp::kNN, T, H, V, ct, ct}, dmid, logits_.data(), lm_head_.c);
@@ -434,8 +431,8 @@ void Model::backward() {
                       z_scale_.empty() ? 0.f : z_scale_[m]);
     } else {
       const int64_t I = cfg_.intermediate_size;
-      mlp_backward(be_, dmid, 0.f, L.gate_up, L.down, dx, L.xn2.data(), L.gu.data(), L.act.data(), act(scr_a_, T * I),
-                   act(scr_b_, T * 2 * I), T, H, I);
+      mlp_backward(be_, dmid, 0.f, L.gate_up, L.down, dx, L.xn2.data(), L.gu.data(), L.act.data(), reserve_act(scr_a_, T * I),
+                   reserve_act(scr_b_, T * 2 * I), T, H, I);
     }
     be_.copy(dh, dx, static_cast<size_t>(T * H) * esz_);
     be_.rmsnorm_backward(dh, L.ln2.g, dmid, L.h.data(), L.ln2.w, L.rstd2.as<float>(), T, H, true);

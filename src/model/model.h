@@ -106,8 +106,6 @@ class Model {
   void bind_layers();
   void attention_forward(Layer& L, void* y, int64_t B, int64_t S);
   void attention_backward(Layer& L, void* dx, const void* dy, int64_t B, int64_t S);
-  void* act(backend::Buffer& b, int64_t n);
-  float* f32(backend::Buffer& b, int64_t n);
 
   config::ModelConfig cfg_;
   ModelParallel par_;

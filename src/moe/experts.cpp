@@ -29,8 +29,7 @@ void experts_forward_cpu(float* y, float* gu, float* act, const float* x, const 
   for (int64_t e = 0; e < s.num; ++e) {
     const int64_t r0 = off[e], n = counts[e];
     if (n == 0) continue;
-    kernels::mlp_forward(y + r0 * H, 0.f, gu + r0 * 2 * I, act + r0 * I, x + r0 * H, expert_weights(s, e), n, H, I,
-                       /*serial=*/true);
+    kernels::mlp_forward(y + r0 * H, 0.f, gu + r0 * 2 * I, act + r0 * I, x + r0 * H, expert_weights(s, e), n, H, I);
   }
 }
 
@@ -49,7 +48,7 @@ void experts_backward_cpu(float* dx, const float* dy, const float* x, const floa
       if (n == 0) continue;
       float* g = s.g + e * s.stride();
       kernels::mlp_backward(dx + r0 * H, 0.f, {g, g + 2 * I * H}, dy + r0 * H, x + r0 * H, gu + r0 * 2 * I,
-                          act + r0 * I, expert_weights(s, e), n, H, I, scratch.data(), /*serial=*/true);
+                          act + r0 * I, expert_weights(s, e), n, H, I, scratch.data());
     }
   }
 }

@@ -10,22 +10,17 @@
 namespace moekit::moe {
 
 using backend::GemmOp;
+using backend::reserve_act;
+using backend::reserve_n;
 
 MoeLayer::MoeLayer(backend::Backend& be, MoeParams p, MoeDims d, std::unique_ptr<TokenDispatcher> dispatcher,
                    MoeScratch& scratch)
     : be_(be), p_(p), d_(d), dispatcher_(std::move(dispatcher)), scratch_(scratch),
-      esz_(dtype_size(be.compute_dtype())), bias_(be), scores_(be), lse_(be), idx_(be), weights_(be), row_of_(be),
+      bias_(be), scores_(be), lse_(be), idx_(be), weights_(be), row_of_(be),
       xp_(be), e_gu_(be), e_act_(be), s_gu_(be), s_act_(be), s_out_(be), s_gate_(be) {
   MOEKIT_CHECK(d_.topk >= 1 && d_.topk <= d_.experts, "MoeLayer: top-k ", d_.topk, " must be in [1, ", d_.experts,
                "]");
   if (d_.expert_bias) set_expert_bias(std::vector<float>(static_cast<size_t>(d_.experts), 0.f));
-}
-
-void* MoeLayer::act(backend::Buffer& b, int64_t n) const {
-  return b.reserve(static_cast<size_t>(std::max<int64_t>(n, 1)) * esz_);
-}
-float* MoeLayer::f32(backend::Buffer& b, int64_t n) const {
-  return static_cast<float*>(b.reserve(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float)));
 }
 
 void MoeLayer::set_expert_bias(const std::vector<float>& bias) {
@@ -44,7 +39,7 @@ int64_t MoeLayer::dropped() const {
 
 const float* MoeLayer::router_input(const void* x, int64_t T) {
   if (be_.compute_dtype() == DType::kF32) return static_cast<const float*>(x);
-  float* x32 = f32(scratch_.x32, T * d_.hidden);
+  float* x32 = reserve_n<float>(scratch_.x32, T * d_.hidden);
   be_.to_f32(x32, x, T * d_.hidden);
   return x32;
 }
@@ -53,39 +48,39 @@ void MoeLayer::forward(void* y, const void* x, int64_t T, const MoeOptions& opt)
   const int64_t H = d_.hidden, E = d_.experts, k = d_.topk, Is = d_.shared_inter;
   tokens_ = T;
   // Router in f32 (DESIGN.md section 5): the normalised input widened, the f32 master weights.
-  float* logits = f32(scratch_.logits, T * E);
+  float* logits = reserve_n<float>(scratch_.logits, T * E);
   be_.gemm({GemmOp::kNT, T, E, H}, logits, router_input(x, T), p_.router.w);
-  be_.router_forward(f32(scores_, T * E), f32(lse_, T),
-                     static_cast<int32_t*>(idx_.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1))),
-                     f32(weights_, T * k), logits, d_.expert_bias ? bias_.as<float>() : nullptr, spec(), T);
+  be_.router_forward(reserve_n<float>(scores_, T * E), reserve_n<float>(lse_, T),
+                     reserve_n<int32_t>(idx_, T * k),
+                     reserve_n<float>(weights_, T * k), logits, d_.expert_bias ? bias_.as<float>() : nullptr, spec(), T);
   // Local plan: (token, slot) pairs in expert order, the experts' capacity applied here, before
   // anything leaves the rank, so every layout drops the same pairs.
   capacity_ = expert_capacity(T, k, E, opt.capacity_factor);
-  auto* row_of = static_cast<int32_t*>(row_of_.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1)));
-  auto* token_of = static_cast<int32_t*>(scratch_.token_of.reserve(sizeof(int32_t) * std::max<int64_t>(T * k, 1)));
+  auto* row_of = reserve_n<int32_t>(row_of_, T * k);
+  auto* token_of = reserve_n<int32_t>(scratch_.token_of, T * k);
   chosen_ = be_.dispatch_plan(row_of, token_of, idx_.as<int32_t>(), T, k, E, capacity_);
   kept_ = chosen_;
   if (capacity_ >= 0)
     for (auto& c : kept_) c = std::min(c, capacity_);
   const int64_t R = std::accumulate(kept_.begin(), kept_.end(), int64_t{0});
-  void* xp = act(xp_, R * H);
+  void* xp = reserve_act(xp_, R * H);
   be_.gather_rows(xp, x, token_of, R, H);
   io_ = dispatcher_->dispatch(xp, kept_);
   const int64_t I = d_.inter;
-  be_.experts_forward(io_.out, act(e_gu_, io_.rows * 2 * I), act(e_act_, io_.rows * I), io_.in, p_.experts.c,
+  be_.experts_forward(io_.out, reserve_act(e_gu_, io_.rows * 2 * I), reserve_act(e_act_, io_.rows * I), io_.in, p_.experts.c,
                       io_.counts, dispatcher_->local_experts(), H, I);
   yp_ = dispatcher_->combine();
   be_.combine_rows(y, 0.f, yp_, weights_.as<float>(), row_of, T, k, H);
   if (!p_.shared_gate_up.w) return;
-  void* s_gu = act(s_gu_, T * 2 * Is);
-  void* s_act = act(s_act_, T * Is);
+  void* s_gu = reserve_act(s_gu_, T * 2 * Is);
+  void* s_act = reserve_act(s_act_, T * Is);
   if (!p_.shared_gate.w) {  // ungated (DeepSeekMoE): y += shared(x)
     model::mlp_forward(be_, y, 1.f, s_gu, s_act, x, p_.shared_gate_up, p_.shared_down, T, H, Is);
     return;
   }
-  void* s_out = act(s_out_, T * H);
+  void* s_out = reserve_act(s_out_, T * H);
   model::mlp_forward(be_, s_out, 0.f, s_gu, s_act, x, p_.shared_gate_up, p_.shared_down, T, H, Is);
-  be_.gemm({GemmOp::kNT, T, 1, H, be_.compute_dtype()}, f32(s_gate_, T), x, p_.shared_gate.c);  // gate logits, f32
+  be_.gemm({GemmOp::kNT, T, 1, H, be_.compute_dtype()}, reserve_n<float>(s_gate_, T), x, p_.shared_gate.c);  // gate logits, f32
   be_.sigmoid_gate_forward(y, s_gate_.as<float>(), s_out, T, H);
 }
 
@@ -103,8 +98,8 @@ void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vect
   const int32_t* row_of = row_of_.as<int32_t>();
   // Routed path: combine -> experts -> dispatch.
   const int64_t R = std::accumulate(kept_.begin(), kept_.end(), int64_t{0});
-  void* dyp = act(scratch_.dyp, R * H);
-  float* dw = f32(scratch_.dw, T * k);
+  void* dyp = reserve_act(scratch_.dyp, R * H);
+  float* dw = reserve_n<float>(scratch_.dw, T * k);
   be_.combine_rows_backward(dyp, dw, dy, yp_, weights_.as<float>(), row_of, T, k, H);
   const ExpertIo bio = dispatcher_->combine_backward(dyp);
   be_.experts_backward(bio.out, p_.experts.g, bio.in, io_.in, e_gu_.data(), e_act_.data(), p_.experts.c, bio.counts,
@@ -115,17 +110,17 @@ void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vect
   if (!dscore.empty()) {
     MOEKIT_CHECK(static_cast<int64_t>(dscore.size()) == E, "MoeLayer::backward: ", dscore.size(),
                  " score gradients for ", E, " experts");
-    be_.upload(f32(scratch_.dscore, E), dscore.data(), sizeof(float) * static_cast<size_t>(E));
+    be_.upload(reserve_n<float>(scratch_.dscore, E), dscore.data(), sizeof(float) * static_cast<size_t>(E));
     ds = scratch_.dscore.as<float>();
   }
-  void* dlog = act(scratch_.dlogits, T * E);
+  void* dlog = reserve_act(scratch_.dlogits, T * E);
   be_.router_backward(dlog, scores_.as<float>(), lse_.as<float>(), idx_.as<int32_t>(), weights_.as<float>(), dw, ds,
                       z_scale, spec(), T);
   // The router weight's gradient in f32 from the f32 input; the input gradient in the compute type.
   const float* x32 = router_input(x, T);
   float* dlog32 = static_cast<float*>(dlog);
   if (be_.compute_dtype() != DType::kF32) {
-    dlog32 = f32(scratch_.logits, T * E);
+    dlog32 = reserve_n<float>(scratch_.logits, T * E);
     be_.to_f32(dlog32, dlog, T * E);
   }
   const DType ct = be_.compute_dtype();
@@ -134,15 +129,15 @@ void MoeLayer::backward(void* dx, const void* dy, const void* x, const std::vect
   if (!p_.shared_gate_up.w) return;
   const void* dys = dy;
   if (p_.shared_gate.w) {  // y += g s: ds = g dy, d(gate logit) = (dy . s) g (1 - g)
-    void* dsh = act(scratch_.ds, T * H);
-    void* da = act(scratch_.da, T);
+    void* dsh = reserve_act(scratch_.ds, T * H);
+    void* da = reserve_act(scratch_.da, T);
     be_.sigmoid_gate_backward(dsh, da, dy, s_out_.data(), s_gate_.as<float>(), T, H);
     be_.gemm({GemmOp::kTN, 1, H, T, ct, DType::kF32, 1.f, 1.f}, p_.shared_gate.g, da, x);  // dw_sg += da^T x
     be_.gemm({GemmOp::kNN, T, H, 1, ct, ct, 1.f, 1.f}, dx, da, p_.shared_gate.c);          // dx += da w_sg
     dys = dsh;
   }
   model::mlp_backward(be_, dx, 1.f, p_.shared_gate_up, p_.shared_down, dys, x, s_gu_.data(), s_act_.data(),
-                      act(scratch_.s_dact, T * Is), act(scratch_.s_dgu, T * 2 * Is), T, H, Is);
+                      reserve_act(scratch_.s_dact, T * Is), reserve_act(scratch_.s_dgu, T * 2 * Is), T, H, Is);
 }
 
 }  // namespace moekit::moe

@@ -82,8 +82,6 @@ class MoeLayer {
   void set_expert_bias(const std::vector<float>& bias);
 
  private:
-  void* act(backend::Buffer& b, int64_t n) const;
-  float* f32(backend::Buffer& b, int64_t n) const;
   backend::RouterSpec spec() const { return {d_.experts, d_.topk, d_.norm_topk, d_.score}; }
 
   // The router's input in f32 (a cast when the activations are not f32).
@@ -94,7 +92,6 @@ class MoeLayer {
   MoeDims d_;
   std::unique_ptr<TokenDispatcher> dispatcher_;
   MoeScratch& scratch_;
-  size_t esz_;
   std::vector<float> bias_host_;
   backend::Buffer bias_;
   // State of the last forward, kept for the backward.

@@ -65,10 +65,6 @@ void exchange_counts(ExchangePlan* h, parallel::Communicator& ep) {
 
 namespace {
 
-size_t act_bytes(backend::Backend& be, int64_t rows, int64_t hidden) {
-  return static_cast<size_t>(std::max<int64_t>(rows, 1) * hidden) * dtype_size(be.compute_dtype());
-}
-
 // All experts local: the expert-ordered rows are the experts' rows.
 class LocalDispatcher final : public TokenDispatcher {
  public:
@@ -81,11 +77,11 @@ class LocalDispatcher final : public TokenDispatcher {
                  " expert counts for ", experts_, " experts");
     counts_ = counts;
     rows_ = std::accumulate(counts.begin(), counts.end(), int64_t{0});
-    return {xp, y_.reserve(act_bytes(be_, rows_, hidden_)), counts_.data(), rows_};
+    return {xp, backend::reserve_act(y_, rows_ * hidden_), counts_.data(), rows_};
   }
   const void* combine() override { return y_.data(); }
   ExpertIo combine_backward(const void* dyp) override {
-    return {dyp, scratch_.grad.reserve(act_bytes(be_, rows_, hidden_)), counts_.data(), rows_};
+    return {dyp, backend::reserve_act(scratch_.grad, rows_ * hidden_), counts_.data(), rows_};
   }
   const void* dispatch_backward() override { return scratch_.grad.data(); }
 
@@ -122,11 +118,11 @@ class AllToAllDispatcher final : public TokenDispatcher {
     auto* grouped =
         static_cast<int32_t*>(grouped_.reserve(sizeof(int32_t) * static_cast<size_t>(std::max<int64_t>(R, 1))));
     if (R > 0) be_.upload(grouped, h_.grouped_row.data(), sizeof(int32_t) * static_cast<size_t>(R));
-    void* recv = scratch_.recv.reserve(act_bytes(be_, R, hidden_));
+    void* recv = backend::reserve_act(scratch_.recv, R * hidden_);
     exchange(recv, xp, /*to_experts=*/true);
-    void* xg = xg_.reserve(act_bytes(be_, R, hidden_));
+    void* xg = backend::reserve_act(xg_, R * hidden_);
     be_.scatter_rows(xg, recv, grouped, R, hidden_);
-    return {xg, scratch_.grouped.reserve(act_bytes(be_, R, hidden_)), h_.local_counts.data(), R};
+    return {xg, backend::reserve_act(scratch_.grouped, R * hidden_), h_.local_counts.data(), R};
   }
   const void* combine() override {
     const int64_t R = h_.received_rows();
@@ -134,24 +130,24 @@ class AllToAllDispatcher final : public TokenDispatcher {
     be_.gather_rows(recv, scratch_.grouped.data(), grouped_.as<int32_t>(), R, hidden_);  // back to received order
     // back_ holds the outputs in plan order until the backward's combine has read them;
     // dispatch_backward() reuses it after that.
-    void* yp = back_.reserve(act_bytes(be_, sent_rows(), hidden_));
+    void* yp = backend::reserve_act(back_, sent_rows() * hidden_);
     exchange(yp, recv, /*to_experts=*/false);
     return yp;
   }
   ExpertIo combine_backward(const void* dyp) override {
     const int64_t R = h_.received_rows();
-    void* drecv = scratch_.recv.reserve(act_bytes(be_, R, hidden_));
+    void* drecv = backend::reserve_act(scratch_.recv, R * hidden_);
     exchange(drecv, dyp, /*to_experts=*/true);
-    void* dyg = scratch_.grouped.reserve(act_bytes(be_, R, hidden_));
+    void* dyg = backend::reserve_act(scratch_.grouped, R * hidden_);
     be_.scatter_rows(dyg, drecv, grouped_.as<int32_t>(), R, hidden_);
     // xg_ still holds the inputs the experts' backward reads, so dx gets its own buffer.
-    return {dyg, scratch_.grad.reserve(act_bytes(be_, R, hidden_)), h_.local_counts.data(), R};
+    return {dyg, backend::reserve_act(scratch_.grad, R * hidden_), h_.local_counts.data(), R};
   }
   const void* dispatch_backward() override {
     const int64_t R = h_.received_rows();
     void* drecv = scratch_.recv.data();
     be_.gather_rows(drecv, scratch_.grad.data(), grouped_.as<int32_t>(), R, hidden_);
-    void* dxp = back_.reserve(act_bytes(be_, sent_rows(), hidden_));
+    void* dxp = backend::reserve_act(back_, sent_rows() * hidden_);
     exchange(dxp, drecv, /*to_experts=*/false);
     return dxp;
   }
