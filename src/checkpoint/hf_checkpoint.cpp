@@ -210,7 +210,7 @@ std::string source_generation_config(const std::string& source_dir) {
   // stop_words_ids and the like that Qwen2 generation does not know.
   if (fs::is_regular_file(cfg, ec)) {
     const auto j = load_json_file(cfg.string());
-    if (j.is_object() && j.value("model_type", std::string()) == "qwen") return "";
+    if (json_value_or<std::string>(j, "model_type", "") == "qwen") return "";
   }
   ParseLimits limits;
   limits.max_bytes = size_t{1} << 20;  // a few hundred bytes in practice; it travels in meta.json

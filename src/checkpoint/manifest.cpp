@@ -17,6 +17,7 @@
 #include "core/bounded_parse.h"
 #include "core/check.h"
 #include "core/crc32c.h"
+#include "core/fault.h"
 
 namespace moekit::checkpoint {
 
@@ -90,19 +91,34 @@ FileDigest digest_file(const std::string& path) {
 
 FileDigest digest_bytes(const std::string& bytes) { return {bytes.size(), crc32c(bytes.data(), bytes.size())}; }
 
-void write_sum_file(const std::string& path, const FileDigest& d) {
-  const std::string text = json{{"bytes", d.bytes}, {"crc32c", hex32(d.crc32c)}}.dump() + "\n";
-  const std::string sum = path + kSumSuffix;
-  std::FILE* f = std::fopen(sum.c_str(), "wb");
-  MOEKIT_CHECK(f != nullptr, sum, ": cannot create: ", std::strerror(errno));
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 &&
-                  ::fsync(::fileno(f)) == 0;
-  const int err = errno;
-  const bool closed = std::fclose(f) == 0;
-  if (!ok || !closed) {
-    ::unlink(sum.c_str());
-    MOEKIT_FAIL(sum, ": write failed: ", std::strerror(err));
+void write_synced(const std::string& path, const std::string& text, const char* fault) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  MOEKIT_CHECK(fd >= 0, path, ": cannot create: ", std::strerror(errno));
+  const bool disk_full = fault != nullptr && fault_point(fault);
+  auto fail = [&](const std::string& what, int err) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    MOEKIT_FAIL(path, ": ", what, " failed: ", std::strerror(err));
+  };
+  const char* p = text.data();
+  size_t n = text.size();
+  while (n > 0) {
+    ssize_t r = disk_full ? (errno = ENOSPC, -1) : ::write(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) fail("write", r < 0 ? errno : EIO);
+    p += r;
+    n -= static_cast<size_t>(r);
   }
+  if (::fsync(fd) != 0) fail("fsync", errno);
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    MOEKIT_FAIL(path, ": close failed: ", std::strerror(err));
+  }
+}
+
+void write_sum_file(const std::string& path, const FileDigest& d) {
+  write_synced(path + kSumSuffix, json{{"bytes", d.bytes}, {"crc32c", hex32(d.crc32c)}}.dump() + "\n");
 }
 
 FileDigest read_sum_file(const std::string& path) {

@@ -32,6 +32,11 @@ struct FileDigest {
 FileDigest digest_file(const std::string& path);
 FileDigest digest_bytes(const std::string& bytes);
 
+// Writes a new small file and fsyncs it; on any failure the file is removed again, so a full
+// disk leaves no empty or truncated file behind. `fault` (optional) names the fault-injection
+// point (core/fault.h) reached once per call: a kill there, or this write failing as on a full disk.
+void write_synced(const std::string& path, const std::string& text, const char* fault = nullptr);
+
 // PATH.sum next to a closed rank file, and reading it back (errors name the file).
 void write_sum_file(const std::string& path, const FileDigest& d);
 FileDigest read_sum_file(const std::string& path);

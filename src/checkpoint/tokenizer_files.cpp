@@ -4,7 +4,6 @@
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
-#include <fstream>
 
 #include "core/bounded_parse.h"
 #include "core/check.h"
@@ -22,17 +21,7 @@ constexpr const char* kHfFiles[] = {"tokenizer.json",          "tokenizer_config
                                     "special_tokens_map.json", "added_tokens.json"};
 constexpr uint64_t kMaxFileBytes = 512ull << 20;
 
-std::string read_file(const fs::path& p) {
-  std::error_code ec;
-  const uint64_t size = fs::file_size(p, ec);
-  MOEKIT_CHECK(!ec && size <= kMaxFileBytes, p.string(), ": cannot read a tokenizer file of ",
-               ec ? 0 : size, " bytes", ec ? " (" + ec.message() + ")" : "");
-  std::ifstream f(p, std::ios::binary);
-  std::string s(size, '\0');
-  f.read(s.data(), static_cast<std::streamsize>(size));
-  MOEKIT_CHECK(f.good() || (size == 0 && f.eof()), p.string(), ": read error");
-  return s;
-}
+std::string read_file(const fs::path& p) { return read_file_bounded(p.string(), kMaxFileBytes, "tokenizer file"); }
 
 bool is_file(const fs::path& p) {
   std::error_code ec;

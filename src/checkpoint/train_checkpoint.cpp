@@ -58,35 +58,6 @@ void fsync_path(const std::string& path, bool is_dir) {
   MOEKIT_CHECK(rc == 0 || (is_dir && err == EINVAL), path, ": fsync failed: ", std::strerror(err));
 }
 
-// Writes a new small file and fsyncs it; on any failure the file is removed again, so a full
-// disk leaves no empty or truncated file behind. `fault` (optional) names the fault-injection
-// point (core/fault.h) reached once per call: a kill there, or this write failing as on a full disk.
-void write_synced(const std::string& path, const std::string& text, const char* fault = nullptr) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  MOEKIT_CHECK(fd >= 0, path, ": cannot create: ", errno_str());
-  const bool disk_full = fault != nullptr && fault_point(fault);
-  auto fail = [&](const std::string& what, int err) {
-    ::close(fd);
-    ::unlink(path.c_str());
-    MOEKIT_FAIL(path, ": ", what, " failed: ", std::strerror(err));
-  };
-  const char* p = text.data();
-  size_t n = text.size();
-  while (n > 0) {
-    ssize_t r = disk_full ? (errno = ENOSPC, -1) : ::write(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) fail("write", r < 0 ? errno : EIO);
-    p += r;
-    n -= static_cast<size_t>(r);
-  }
-  if (::fsync(fd) != 0) fail("fsync", errno);
-  if (::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(path.c_str());
-    MOEKIT_FAIL(path, ": close failed: ", std::strerror(err));
-  }
-}
-
 void rename_or_fail(const std::string& from, const std::string& to) {
   MOEKIT_CHECK(::rename(from.c_str(), to.c_str()) == 0, to, ": cannot rename ", from, " to it: ", errno_str());
 }

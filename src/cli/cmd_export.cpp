@@ -32,11 +32,12 @@ void add_export_command(CLI::App& root, std::vector<Command>* out) {
   out->push_back({app, [o]() {
                     int64_t step = 0;
                     std::string generation_config;
-                    const auto m = train::load_checkpoint_model(o->checkpoint, &step, &generation_config);
+                    // Resolved once: for a run directory that verifies the newest checkpoint (every byte).
+                    const std::string dir = train::resolve_checkpoint_dir(o->checkpoint);
+                    const auto m = train::load_checkpoint_model(dir, &step, &generation_config);
                     const DType dt = o->dtype == "fp32" ? DType::kF32 : o->dtype == "fp16" ? DType::kF16 : DType::kBF16;
                     MOEKIT_CHECK(o->max_shard_gb > 0, "--max-shard-gb must be > 0");
-                    const auto tok = checkpoint::ExportTokenizer::for_checkpoint(
-                        train::resolve_checkpoint_dir(o->checkpoint), o->tokenizer);
+                    const auto tok = checkpoint::ExportTokenizer::for_checkpoint(dir, o->tokenizer);
                     checkpoint::save_hf_model(*m, o->out, dt, static_cast<uint64_t>(o->max_shard_gb * 1e9),
                                               generation_config);
                     tok.write_into(o->out);

@@ -516,7 +516,8 @@ int64_t ModelConfig::num_sparse_layers() const {
 void ModelConfig::validate() const {
   MOEKIT_CHECK(model_type == "qwen2" || model_type == "qwen2_moe", "model_type '", model_type,
                "' is not supported (expected qwen2 or qwen2_moe)");
-  // Upper bounds first, before anything loops over a field or multiplies two of them.
+  // Ranges first (the lower bounds are the positivity checks), before anything loops over a
+  // field or multiplies two of them.
   for (const SizeBound& b : size_bounds())
     MOEKIT_CHECK(this->*b.member >= b.min && this->*b.member <= b.max, b.name, " (", this->*b.member,
                  ") is out of range [", b.min, ", ", b.max, "]");
@@ -524,18 +525,8 @@ void ModelConfig::validate() const {
   MOEKIT_CHECK(params <= static_cast<unsigned __int128>(kMaxParameters), "the model would have about ",
                static_cast<double>(params), " parameters, more than moekit's limit of ", kMaxParameters,
                " (check vocab_size, hidden_size, num_hidden_layers and the FFN / expert widths)");
-  MOEKIT_CHECK(vocab_size > 0, "vocab_size (", vocab_size, ") must be positive");
   MOEKIT_CHECK(pad_token_id >= -1 && pad_token_id < vocab_size, "pad_token_id (", pad_token_id,
                ") must be in [0, vocab_size ", vocab_size, "), or -1 for none");
-  MOEKIT_CHECK(hidden_size > 0, "hidden_size (", hidden_size, ") must be positive");
-  MOEKIT_CHECK(num_hidden_layers > 0, "num_hidden_layers (", num_hidden_layers, ") must be positive");
-  MOEKIT_CHECK(num_attention_heads > 0, "num_attention_heads (", num_attention_heads,
-               ") must be positive");
-  MOEKIT_CHECK(num_key_value_heads > 0, "num_key_value_heads (", num_key_value_heads,
-               ") must be positive");
-  MOEKIT_CHECK(head_dim >= 0, "head_dim (", head_dim, ") must be positive, or 0 for hidden_size / num_attention_heads");
-  MOEKIT_CHECK(max_position_embeddings > 0, "max_position_embeddings (", max_position_embeddings,
-               ") must be positive");
   if (head_dim == 0)
     MOEKIT_CHECK(hidden_size % num_attention_heads == 0, "hidden_size (", hidden_size,
                  ") must be divisible by num_attention_heads (", num_attention_heads,
@@ -571,8 +562,6 @@ void ModelConfig::validate() const {
                  num_experts, ")]");
     MOEKIT_CHECK(moe_intermediate_size > 0, "moe_intermediate_size (", moe_intermediate_size,
                  ") must be positive");
-    MOEKIT_CHECK(shared_expert_intermediate_size >= 0, "shared_expert_intermediate_size (",
-                 shared_expert_intermediate_size, ") must be >= 0 (0: no shared expert)");
     MOEKIT_CHECK(shared_expert_gate || shared_expert_intermediate_size > 0,
                  "shared_expert_gate: false needs a shared expert (shared_expert_intermediate_size is 0)");
     MOEKIT_CHECK(decoder_sparse_step > 0, "decoder_sparse_step (", decoder_sparse_step,

@@ -195,22 +195,18 @@ void RunConfig::validate(int world_size) const {
   MOEKIT_CHECK(std::isfinite(train.peak_flops) && train.peak_flops >= 0, w,
                ": train.peak_flops must be a finite number >= 0, got ", train.peak_flops);
   MOEKIT_CHECK(std::isfinite(loss.aux_coef), w, ": loss.aux_coef must be finite, got ", loss.aux_coef);
-  MOEKIT_CHECK(train.steps > 0, w, ": train.steps must be > 0, got ", train.steps);
   MOEKIT_CHECK(train.seq_len > 1, w, ": train.seq_len must be > 1, got ", train.seq_len);
   MOEKIT_CHECK(train.seq_len <= model_config.max_position_embeddings, w, ": train.seq_len ", train.seq_len,
                " exceeds the model's max_position_embeddings ", model_config.max_position_embeddings);
   // The token counters (tokens per step, tokens seen at the end) must fit in 64 bits.
   checked_product({train.global_batch_size, train.seq_len, train.steps},
                   w + ": train.global_batch_size x train.seq_len x train.steps (tokens of the run)");
-  MOEKIT_CHECK(train.micro_batch_size > 0, w, ": train.micro_batch_size must be > 0, got ", train.micro_batch_size);
-  MOEKIT_CHECK(train.global_batch_size > 0 && train.global_batch_size % (train.micro_batch_size * world) == 0, w,
+  MOEKIT_CHECK(train.global_batch_size % (train.micro_batch_size * world) == 0, w,
                ": train.global_batch_size ", train.global_batch_size,
                " must be a positive multiple of train.micro_batch_size ", train.micro_batch_size,
                " x data-parallel ranks ", world);
   MOEKIT_CHECK(train.device == "cpu" || train.device == "cuda", w, ": train.device '", train.device,
                "' must be cpu or cuda");
-  MOEKIT_CHECK(train.log_every > 0, w, ": train.log_every must be > 0, got ", train.log_every);
-  MOEKIT_CHECK(train.eval_every >= 0 && train.eval_batches >= 0, w, ": train.eval_every and train.eval_batches must be >= 0");
   MOEKIT_CHECK(!data.train.empty(), w, ": data.train must list at least one dataset prefix");
   MOEKIT_CHECK(data.valid_fraction >= 0 && data.valid_fraction < 1, w, ": data.valid_fraction must be in [0, 1), got ",
                data.valid_fraction);

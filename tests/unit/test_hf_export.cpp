@@ -96,6 +96,11 @@ TEST_F(HfExport, QwenV1AndMalformedSourceGenerationConfigs) {
   spit(path("v1/config.json"), R"({"model_type": "qwen"})");
   spit(path("v1/generation_config.json"), R"({"chat_format": "raw", "stop_words_ids": [[151643]]})");
   EXPECT_EQ(checkpoint::source_generation_config(path("v1")), "");
+  // A model_type that is not a string is not Qwen v1 (and no nlohmann type_error naming no file).
+  fs::create_directories(path("odd"));
+  spit(path("odd/config.json"), R"({"model_type": 5})");
+  spit(path("odd/generation_config.json"), R"({"do_sample": true})");
+  EXPECT_EQ(checkpoint::source_generation_config(path("odd")), R"({"do_sample": true})");
   fs::create_directories(path("bad"));
   spit(path("bad/config.json"), R"({"model_type": "qwen2"})");
   spit(path("bad/generation_config.json"), "[1, 2]");
