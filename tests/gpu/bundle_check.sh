@@ -25,28 +25,39 @@ sed 's/^/  /' "$bundle/MANIFEST"
 [ "$size" -le $((40 * 1048576)) ] && ok "bundle is under 40 MiB" || bad "bundle is over 40 MiB"
 cp -a "$bundle" "$tmp/bundle"
 bundle="$tmp/bundle"
-if bash "$src/launch/gpu-unpack" "$bundle" >"$tmp/unpack.log" 2>&1 && ! ls "$bundle"/lib/*.part >/dev/null 2>&1; then
-  ok "launch/gpu-unpack restores $(grep -c '^\[gpu-unpack\]' "$tmp/unpack.log") compressed libraries"
+# Whatever an earlier gpu-check unpacked in place goes: the copy must be restored by gpu-unpack.
+shopt -s nullglob
+packed=("$bundle"/lib/*.xz)
+shopt -u nullglob
+for z in "${packed[@]}"; do rm -f "${z%.xz}"; done
+same_as_packed() { for z in "$@"; do xz -dc "$z" | cmp -s - "${z%.xz}" || return 1; done; }
+if ((${#packed[@]} == 0)); then
+  bad "the bundle carries no compressed library (launch/gpu-bundle compresses those of 1 MiB or more)"
+elif bash "$src/launch/gpu-unpack" "$bundle" >"$tmp/unpack.log" 2>&1 &&
+  [ "$(grep -c '^\[gpu-unpack\]' "$tmp/unpack.log")" -eq ${#packed[@]} ] &&
+  ! ls "$bundle"/lib/*.part >/dev/null 2>&1 &&
+  same_as_packed "${packed[@]}"; then
+  ok "launch/gpu-unpack restores the ${#packed[@]} compressed libraries byte for byte"
 else
   bad "launch/gpu-unpack: $(tail -3 "$tmp/unpack.log")"
 fi
 # Without xz, through Python's lzma (the lent machine may lack xz): the same bytes.
-mkdir -p "$tmp/noxz/lib" "$tmp/noxz/bin"
-first_xz="$(ls "$tmp/bundle"/lib/*.xz 2>/dev/null | head -1)"
-if [ -n "$first_xz" ]; then
-  cp "$first_xz" "$tmp/noxz/lib/"
+if ((${#packed[@]})); then
+  mkdir -p "$tmp/noxz/lib" "$tmp/noxz/bin"
+  cp "${packed[0]}" "$tmp/noxz/lib/"
   for t in bash dirname realpath du cut chmod mv rm basename; do ln -sf "$(command -v $t)" "$tmp/noxz/bin/$t"; done
   ln -sf /usr/bin/python3 "$tmp/noxz/bin/python3"
-  if PATH="$tmp/noxz/bin" bash "$src/launch/gpu-unpack" "$tmp/noxz" >/dev/null 2>&1 \
-     && cmp -s "${first_xz%.xz}" "$tmp/noxz/lib/$(basename "${first_xz%.xz}")"; then
-    ok "without xz, python3's lzma unpacks $(basename "$first_xz") to the same bytes"
+  name="$(basename "${packed[0]%.xz}")"
+  if PATH="$tmp/noxz/bin" bash "$src/launch/gpu-unpack" "$tmp/noxz" >/dev/null 2>&1 &&
+    cmp -s "${packed[0]%.xz}" "$tmp/noxz/lib/$name"; then
+    ok "without xz, python3's lzma unpacks $name to the same bytes"
   else
     bad "launch/gpu-unpack without xz"
   fi
 fi
 
-provided='^(libcuda\.so|libcublas\.so|libcublasLt\.so|libnccl\.so)'
-runtime='^(linux-vdso\.so|ld-linux-x86-64\.so|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libstdc\+\+\.so|libgcc_s\.so)'
+source "$src/launch/gpu-libs.bash"
+provided="$gpu_provided_libs" runtime="$gpu_runtime_libs"
 outside=0
 for f in "$bundle"/bin/* "$bundle"/lib/*; do
   [[ "$f" == *.xz ]] && continue
