@@ -27,9 +27,7 @@ has_tf=0
 $py -c "import torch, transformers" 2>/dev/null && has_tf=1
 [ $has_tf = 1 ] || echo "skip - torch/transformers not installed for $py (launch/setup-reference): transformers checks"
 
-data="$tmp/data/synth"
-common=(--set "data.train=[$data]" --set data.synth_tokens=200000 --set train.peak_flops=1e11)
-train() { "$moekit" train "${common[@]}" "$@"; }
+source "$src/tests/e2e/lib/train_env.bash"
 
 # --- generation config: HF source -> training run -> export ---------------------------------
 "$moekit" init --model configs/models/tiny-moe.yaml --out "$tmp/src" --dtype f32 >/dev/null 2>&1
