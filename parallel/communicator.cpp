@@ -95,8 +95,8 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key, const std:
 }
 
 // ---- LocalCommunicator -------------------------------------------------------------------
-// A group of one: every reduction is the identity, every exchange a copy (memmove, since a
-// caller may legitimately pass the same buffer as input and output).
+// A group of one: every reduction is the identity, every exchange a copy (the constructor's copy,
+// else memmove, since a caller may legitimately pass the same buffer as input and output).
 
 void LocalCommunicator::do_all_reduce(void* data, int64_t count, DataType type, ReduceOp op) {
   MOEKIT_CHECK(count >= 0, "all_reduce: negative count ", count);
@@ -112,7 +112,7 @@ void LocalCommunicator::do_reduce_scatter(void* out, const void* in, int64_t cou
   const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
   stats_.reduce_scatter_bytes += static_cast<int64_t>(bytes);
   ++stats_.calls;
-  if (bytes) std::memmove(out, in, bytes);
+  copy(out, in, bytes);
   (void)op;
 }
 
@@ -121,7 +121,7 @@ void LocalCommunicator::do_all_gather(void* out, const void* in, int64_t count, 
   const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
   stats_.all_gather_bytes += static_cast<int64_t>(bytes);
   ++stats_.calls;
-  if (bytes) std::memmove(out, in, bytes);
+  copy(out, in, bytes);
 }
 
 void LocalCommunicator::do_reduce_scatter_v(void* out, const void* in, const int64_t* counts, DataType type,
@@ -137,7 +137,7 @@ void LocalCommunicator::do_all_to_all(void* out, const void* in, int64_t count, 
   MOEKIT_CHECK(count >= 0, "all_to_all: negative count ", count);
   const size_t bytes = static_cast<size_t>(count) * data_type_size(type);
   ++stats_.calls;
-  if (bytes) std::memmove(out, in, bytes);
+  copy(out, in, bytes);
 }
 
 void LocalCommunicator::do_all_to_all_v(void* recv, const int64_t* recv_counts, const int64_t* recv_displs,
@@ -148,9 +148,8 @@ void LocalCommunicator::do_all_to_all_v(void* recv, const int64_t* recv_counts, 
                send_counts[0], " units to itself but expects ", recv_counts[0]);
   ++stats_.calls;
   const size_t ub = static_cast<size_t>(unit) * data_type_size(type);
-  if (send_counts[0])
-    std::memmove(static_cast<char*>(recv) + recv_displs[0] * ub, static_cast<const char*>(send) + send_displs[0] * ub,
-                 send_counts[0] * ub);
+  copy(static_cast<char*>(recv) + recv_displs[0] * ub, static_cast<const char*>(send) + send_displs[0] * ub,
+       send_counts[0] * ub);
 }
 
 void LocalCommunicator::do_broadcast(void* data, int64_t count, DataType type, int root) {
@@ -163,13 +162,15 @@ void LocalCommunicator::do_broadcast(void* data, int64_t count, DataType type, i
 std::unique_ptr<Communicator> LocalCommunicator::do_split(int color, int key, const std::string& name) {
   (void)color;
   (void)key;
-  return std::make_unique<LocalCommunicator>(name);
+  return std::make_unique<LocalCommunicator>(name, copy_, world_rank_);
 }
 
-void LocalCommunicator::abort(int code, const std::string& message) {
-  std::fprintf(stderr, "moekit: error: %s\n", message.c_str());
-  std::fflush(stderr);
-  std::exit(code == 0 ? 1 : code);
+void LocalCommunicator::copy(void* out, const void* in, size_t bytes) const {
+  if (bytes == 0) return;
+  if (copy_) copy_(out, in, bytes);
+  else std::memmove(out, in, bytes);
 }
+
+void LocalCommunicator::abort(int code, const std::string& message) { abort_job(code, message); }
 
 }  // namespace moekit::parallel

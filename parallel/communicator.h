@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -147,10 +148,17 @@ class Communicator {
 // that value). abort() prints the message and exits the process with `code`.
 class LocalCommunicator final : public Communicator {
  public:
-  explicit LocalCommunicator(std::string name = "local") : Communicator(std::move(name)) { members_ = {0}; }
+  // How an exchange moves bytes: memmove on host memory (the default); a group of one on a device
+  // backend passes the backend's copy (parallel/device_groups.cpp).
+  using CopyFn = std::function<void(void* dst, const void* src, size_t bytes)>;
+  // world_rank: this process's rank in the job (a group of one inside a multi-rank job).
+  explicit LocalCommunicator(std::string name = "local", CopyFn copy = nullptr, int world_rank = 0)
+      : Communicator(std::move(name)), copy_(std::move(copy)), world_rank_(world_rank) {
+    members_ = {world_rank};
+  }
   int rank() const override { return 0; }
   int size() const override { return 1; }
-  int world_rank() const override { return 0; }
+  int world_rank() const override { return world_rank_; }
   [[noreturn]] void abort(int code, const std::string& message) override;
 
  protected:
@@ -165,6 +173,11 @@ class LocalCommunicator final : public Communicator {
   void do_broadcast(void* data, int64_t count, DataType type, int root) override;
   void do_barrier() override {}
   std::unique_ptr<Communicator> do_split(int color, int key, const std::string& name) override;
+
+ private:
+  void copy(void* out, const void* in, size_t bytes) const;
+  CopyFn copy_;
+  int world_rank_;
 };
 
 // Print "moekit: error (rank R of W): message" and MPI_Abort the whole job (or print and exit

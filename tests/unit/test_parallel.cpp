@@ -115,6 +115,36 @@ TEST(LocalCommunicator, CollectivesOfOneAreCopies) {
   EXPECT_DOUBLE_EQ(parallel::global_grad_norm(backend::cpu(), a, *ctx), 5.0);
 }
 
+// A group of one with its own copy (a device backend's, parallel/device_groups.cpp): every
+// exchange goes through it with the right bytes, and a split keeps it and the world rank.
+TEST(LocalCommunicator, ExchangesGoThroughTheGivenCopy) {
+  int64_t copies = 0, bytes = 0;
+  auto counting = [&](void* dst, const void* src, size_t n) {
+    ++copies;
+    bytes += static_cast<int64_t>(n);
+    std::memmove(dst, src, n);
+  };
+  parallel::LocalCommunicator c("ep (device)", counting, 5);
+  EXPECT_EQ(c.world_rank(), 5);
+  EXPECT_EQ(c.members(), std::vector<int>{5});
+  std::vector<float> in = {1, 2, 3}, out(3);
+  c.all_gather(out.data(), in.data(), 3);
+  c.reduce_scatter(out.data(), in.data(), 3, parallel::DataType::kF32, parallel::ReduceOp::kSum);
+  c.all_to_all(out.data(), in.data(), 3, parallel::DataType::kF32);
+  int64_t sc = 2, sd = 1, rc = 2, rd = 0;
+  c.all_to_all_v(out.data(), &rc, &rd, in.data(), &sc, &sd, 1, parallel::DataType::kF32);
+  EXPECT_EQ(out, (std::vector<float>{2, 3, 3}));
+  c.all_reduce(in.data(), 3, parallel::ReduceOp::kSum);  // the identity: no copy
+  EXPECT_EQ(copies, 4);
+  EXPECT_EQ(bytes, 3 * 12 + 8);
+  auto sub = c.split(0, 0, "sub");
+  sub->all_gather(out.data(), in.data(), 1);
+  EXPECT_EQ(copies, 5);
+  EXPECT_EQ(sub->world_rank(), 5);
+  std::vector<int64_t> ints = {1, 2};  // the checks of the host group hold here too
+  EXPECT_THROW(c.all_reduce(ints.data(), 2, parallel::DataType::kI64, parallel::ReduceOp::kAvg), Error);
+}
+
 // ZeRO-1 shards: equal splits moved to row starts, covering the arena once, slices whole rows.
 TEST(Zero1Shards, RowAlignedBoundsPartitionTheArena) {
   // a (3 rows of 4) | b (10, 1-D) | c (2 rows of 5): 32 elements.
