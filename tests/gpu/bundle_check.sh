@@ -56,7 +56,7 @@ if ((${#packed[@]})); then
   fi
 fi
 
-source "$src/launch/gpu-libs.bash"
+source "$src/launch/lib/gpu-libs.bash"
 provided="$gpu_provided_libs" runtime="$gpu_runtime_libs"
 outside=0
 for f in "$bundle"/bin/* "$bundle"/lib/*; do
