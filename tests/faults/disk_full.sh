@@ -43,10 +43,7 @@ FULL_LIMIT=unlimited
 limited() { (ulimit -f "$FULL_LIMIT" && exec "$@"); }
 
 # expect_disk_full NAME LOG RC: exit code 1 (not a signal) and the error on stderr.
-expect_disk_full() {
-  if [ "$3" -eq 1 ] && grep -q "moekit: error:" "$2" && grep -q "$want_err" "$2"; then ok "$1: exit 1, '$want_err'"
-  else bad "$1: rc=$3: $(tail -c 400 "$2")"; fi
-}
+expect_disk_full() { expect_exit1 "$1: exit 1, '$want_err'" "$2" "$3" "moekit: error:" "$want_err"; }
 
 # --- training checkpoints ----------------------------------------------------------------------
 run="$fs/run"
@@ -104,10 +101,7 @@ mkdir -p "$tmp/up"
 ls -a "$tmp/up" >"$tmp/up.before"
 # A file-size limit: the shard write fails in the middle (the free-space check cannot see it).
 (ulimit -f 512 && exec "$moekit" "${up[@]}" --out "$out" --overwrite --set seed=7) >/dev/null 2>"$tmp/u2.log"
-rc=$?
-if [ $rc -eq 1 ] && grep -q "moekit: error:" "$tmp/u2.log" && grep -q "File too large" "$tmp/u2.log"; then
-  ok "upcycle past a file-size limit: exit 1, 'File too large'"
-else bad "upcycle past a file-size limit: rc=$rc: $(tail -c 400 "$tmp/u2.log")"; fi
+expect_exit1 "upcycle past a file-size limit: exit 1, 'File too large'" "$tmp/u2.log" $? "moekit: error:" "File too large"
 (cd "$out" && find . -type f | sort | xargs md5sum) | diff -q - "$tmp/moe.md5" >/dev/null &&
   ok "upcycle: the previous output is intact" || bad "upcycle: the previous output changed"
 ls -a "$tmp/up" | diff -q - "$tmp/up.before" >/dev/null && ok "upcycle: no staging directory left" ||

@@ -20,6 +20,15 @@ small=(--config configs/train/tiny-moe.yaml --set "data.train=[$tmp/data/synth]"
   --set train.log_every=100)
 train() { "$moekit" train "${small[@]}" "$@"; }
 
+# expect_exit1 NAME LOG RC SUBSTRING...: exit code 1 (an error, not a signal) and every SUBSTRING
+# in LOG.
+expect_exit1() {
+  local name="$1" log="$2" rc="$3" miss=""
+  shift 3
+  for w in "$@"; do grep -qF -- "$w" "$log" || miss="$miss '$w'"; done
+  if [ "$rc" -eq 1 ] && [ -z "$miss" ]; then ok "$name"; else bad "$name (rc=$rc, missing:$miss): $(tail -c 400 "$log")"; fi
+}
+
 # make_ref: the uninterrupted run every interrupted one must equal ($tmp/ref).
 make_ref() {
   train --set run_dir="$tmp/ref" >/dev/null 2>"$tmp/ref.log" || bad "reference run: $(tail -3 "$tmp/ref.log")"

@@ -14,14 +14,6 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.bash" "$@"
 st="python3 $src/tests/e2e/st_edit.py"
 
-# expect_exit1 NAME LOG RC SUBSTRING...: exit code 1 and every SUBSTRING in LOG.
-expect_exit1() {
-  local name="$1" log="$2" rc="$3" miss=""
-  shift 3
-  for w in "$@"; do grep -qF -- "$w" "$log" || miss="$miss '$w'"; done
-  if [ "$rc" -eq 1 ] && [ -z "$miss" ]; then ok "$name"; else bad "$name (rc=$rc, missing:$miss): $(tail -c 400 "$log")"; fi
-}
-
 # --- init_from weights with a NaN --------------------------------------------------------------
 "$moekit" init --model configs/models/tiny-moe.yaml --out "$tmp/init" --dtype f32 >/dev/null 2>&1 || bad "init"
 $st fill "$tmp/init/model.safetensors" model.layers.1.mlp.experts.5.up_proj.weight nan
